@@ -1,0 +1,28 @@
+"""Accuracy metrics (METRICS.md, "Accuracy"): retain, forget and test accuracy, SalUn's UA, and for
+class forgetting the test accuracy split into the forgotten class and the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import EvalContext, MetricResult, register_metric
+
+
+def _correct(ctx: EvalContext, part: str) -> np.ndarray:
+    return (ctx.logits(part).argmax(1) == ctx.part(part).y).cpu().numpy()
+
+
+@register_metric("accuracy", produces=("retain_acc", "forget_acc", "test_acc", "UA", "test_acc_forgotten_class",
+                                        "test_acc_rest"),
+                 description="Acc on D_r, D_f, D_t; UA = 1 - forget_acc; class requests split test acc")
+def accuracy_metrics(ctx: EvalContext) -> MetricResult:
+    forget = _correct(ctx, "forget")
+    test = _correct(ctx, "test")
+    values = {"retain_acc": float(_correct(ctx, "retain").mean()), "forget_acc": float(forget.mean()),
+              "test_acc": float(test.mean())}
+    values["UA"] = 1.0 - values["forget_acc"]
+    if ctx.split.forget_class is not None:
+        in_class = (ctx.test.y == ctx.split.forget_class).cpu().numpy()
+        values["test_acc_forgotten_class"] = float(test[in_class].mean()) if in_class.any() else float("nan")
+        values["test_acc_rest"] = float(test[~in_class].mean()) if (~in_class).any() else float("nan")
+    return MetricResult(values, {"forget_correct": forget.astype(np.int8), "test_correct": test.astype(np.int8)})

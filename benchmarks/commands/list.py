@@ -1,0 +1,65 @@
+"""``unlearnbench list methods|datasets|requests|metrics|suites``: what is registered."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+WHAT = ("methods", "datasets", "requests", "metrics", "suites")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("list", help="list registered methods, datasets, requests, metrics or suites")
+    p.add_argument("what", choices=WHAT)
+    p.add_argument("--verbose", "-v", action="store_true", help="methods: show every hyperparameter")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    table = Table(show_lines=args.what == "methods" and args.verbose)
+    if args.what == "methods":
+        from unlearnbench.methods import describe, method_class, method_names
+
+        for c in ("method", "tags", "summary") + (("hyperparameters",) if args.verbose else ()):
+            table.add_column(c)
+        for name in method_names():
+            cls = method_class(name)
+            row = [name, ", ".join(sorted(cls.tags)), cls.summary]
+            if args.verbose:
+                row.append("\n".join(f"{f} ({t}) = {d!r}: {doc}" for f, t, d, doc in describe(cls)))
+            table.add_row(*row)
+    elif args.what == "datasets":
+        from unlearnbench.datasets import list_sources
+
+        for c in ("dataset", "files", "held-out", "description"):
+            table.add_column(c)
+        for s in list_sources():
+            table.add_row(s.name, "--data-root" if s.needs_files else "embedded", str(s.default_heldout), s.description)
+    elif args.what == "requests":
+        from unlearnbench.datasets import list_requests
+
+        for c in ("request", "parameters", "description"):
+            table.add_column(c)
+        for r in list_requests():
+            table.add_row(r.name, ", ".join(r.params), r.description)
+    elif args.what == "metrics":
+        from unlearnbench.attacks import list_metrics
+
+        for c in ("metric group", "produces", "description"):
+            table.add_column(c)
+        for m in list_metrics():
+            table.add_row(m.name, ", ".join(m.produces), m.description)
+    else:
+        from unlearnbench.benchmarks.suite import list_suites, load_suite
+
+        for c in ("suite", "datasets", "requests", "methods", "seeds", "description"):
+            table.add_column(c)
+        for path in list_suites():
+            s = load_suite(str(path))
+            table.add_row(s.name, ", ".join(d.spec.display for d in s.datasets), ", ".join(r.label for r in s.requests),
+                          str(len(s.methods)), str(len(s.seeds)), s.description)
+    console.print(table)
+    return 0

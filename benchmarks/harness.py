@@ -1,0 +1,354 @@
+"""The harness: one cell = (dataset, model, request, method, seed), from splits to a stored record.
+
+build splits -> forget request -> original model (cached on disk by a hash of all that determines it)
+-> retrain reference (cached the same way) -> copy of the original -> time the method's ``unlearn``
+alone (synchronised on CUDA) with peak memory -> score the unlearned model and the reference with
+the suite's metrics -> gaps to the reference -> a :class:`~unlearnbench.benchmarks.store.RunRecord`.
+
+The harness owns copying (the original is never mutated), seeding, device and precision, eval mode,
+budget, timing and memory accounting, scoring. Methods see an
+:class:`~unlearnbench.methods.UnlearnRequest` only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from unlearnbench.attacks import EvalContext, MetricResult, metric_info
+from unlearnbench.datasets import ForgetSplit, Splits, TensorData, build_request, build_splits
+from unlearnbench.methods import Budget, UnlearnRequest, create_method
+from unlearnbench.methods.models import build_model, count_parameters, state_bytes
+from unlearnbench.methods.training import fit, prepare
+
+from .cache import ModelCache
+from .env import environment
+from .store import RunRecord
+from .suite import CellSpec, stable_hash
+
+AVG_GAP_OF = ("forget_acc", "retain_acc", "test_acc", "mia.svc_efficacy")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def setup_device(device: torch.device) -> None:
+    """Precision and determinism policy: fast on CUDA (cudnn.benchmark, TF32), deterministic on the CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory of a region: CUDA max_memory_allocated, or the process's resident-set peak on the CPU
+    (Linux: reset through /proc/self/clear_refs, read from VmHWM)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mib = float("nan")
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as fh:
+                    fh.write("5")
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.mib = _rss_peak_mib()
+
+
+def _rss_peak_mib() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class RunContext:
+    """Process-level state of a run: where things are, the device, and in-memory caches."""
+
+    results_dir: Path
+    data_root: str | None = None
+    download: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache_dir: Path | None = None
+    _data: dict = field(default_factory=dict, repr=False)
+    _refs: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.results_dir = Path(self.results_dir)
+        self.cache = ModelCache(Path(self.cache_dir) if self.cache_dir else self.results_dir / "cache" / "models")
+        setup_device(self.device)
+
+    def splits(self, cell: CellSpec) -> Splits:
+        return build_splits(cell.dataset.spec, self.data_root, self.download)
+
+    def device_data(self, splits: Splits) -> dict[str, Any]:
+        """Train pool, held-out and test on the device (moved once per process), with normalisation stats."""
+        key = (splits.spec, splits.fingerprint, str(self.device))
+        if key not in self._data:
+            x = splits.train.x.double() / 255.0
+            mean = x.mean(dim=(0, 2, 3)).tolist()
+            std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+            self._data.clear()  # one dataset resident at a time keeps device memory bounded
+            self._data[key] = {
+                "train": TensorData.from_imageset(splits.train, self.device, splits.augment),
+                "heldout": TensorData.from_imageset(splits.heldout, self.device, splits.augment),
+                "test": TensorData.from_imageset(splits.test, self.device, splits.augment),
+                "mean": mean, "std": std,
+            }
+        return self._data[key]
+
+
+@dataclass
+class CellData:
+    """Everything a cell needs before the method runs (shared by attacks that train extra models)."""
+
+    cell: CellSpec
+    splits: Splits
+    split: ForgetSplit
+    train: TensorData
+    forget: TensorData
+    retain: TensorData
+    test: TensorData
+    heldout: TensorData
+    mean: list[float]
+    std: list[float]
+    original_key: str
+    reference_key: str
+    device: torch.device
+
+    def make_model(self) -> nn.Module:
+        """The architecture with the seeded initialisation the original model started from."""
+        d = self.cell.dataset
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cell.seed)
+            model = build_model(d.model, self.splits.image_shape, self.splits.num_classes, self.mean, self.std,
+                                **d.model_options)
+        return prepare(model, self.device)
+
+    def request(self, model: nn.Module, *, heldout: bool, budget: Budget | None = None,
+                forget: TensorData | None = None, retain: TensorData | None = None) -> UnlearnRequest:
+        held = None
+        if heldout:
+            held = self.heldout
+            if self.split.forget_class is not None:  # third-party data must come from the other classes
+                held = held.subset(torch.nonzero(held.y != self.split.forget_class).flatten())
+        return UnlearnRequest(model=model, forget=forget if forget is not None else self.forget,
+                              retain=retain if retain is not None else self.retain,
+                              num_classes=self.splits.num_classes, kind=self.split.kind,
+                              recipe=self.cell.dataset.recipe, new_model=self.make_model, seed=self.cell.seed,
+                              budget=budget or Budget(self.cell.max_epochs), forget_class=self.split.forget_class,
+                              heldout=held)
+
+
+def prepare_cell(cell: CellSpec, ctx: RunContext) -> CellData:
+    splits = ctx.splits(cell)
+    split = build_request(splits, cell.request.kind, cell.request.params, cell.seed)
+    data = ctx.device_data(splits)
+    train = data["train"]
+    if split.train_tag:  # the request changed the training data (e.g. poisoning)
+        train = TensorData.from_imageset(split.train, ctx.device, splits.augment)
+    forget_idx = split.forget_idx.to(ctx.device)
+    retain_idx = split.retain_idx.to(ctx.device)
+    d = cell.dataset
+    ingredients = {"data": splits.fingerprint, "dataset": {"name": d.spec.name, "heldout": d.spec.heldout,
+                                                            "train_subset": d.spec.train_subset,
+                                                            "options": dict(d.spec.options)},
+                   "model": d.model, "model_options": d.model_options, "recipe": d.recipe.as_dict(),
+                   "seed": cell.seed, "train_tag": split.train_tag, "device_type": ctx.device.type}
+    original_key = ModelCache.key("original", ingredients)
+    reference_key = ModelCache.key("retrain", {**ingredients, "retain": split.hashes["retain"],
+                                               "max_epochs": cell.max_epochs})
+    return CellData(cell=cell, splits=splits, split=split, train=train, forget=train.subset(forget_idx),
+                    retain=train.subset(retain_idx), test=data["test"], heldout=data["heldout"], mean=data["mean"],
+                    std=data["std"], original_key=original_key, reference_key=reference_key, device=ctx.device)
+
+
+def _timed_build(device: torch.device, fn) -> tuple[nn.Module, dict[str, Any]]:
+    sync(device)
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        model = fn()
+        sync(device)
+        elapsed = time.perf_counter() - t0
+    return model, {"train_time_s": elapsed, "peak_mem_mib": mem.mib}
+
+
+def original_model(cd: CellData, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
+    def train() -> nn.Module:
+        model = cd.make_model()
+        fit(model, cd.train, cd.cell.dataset.recipe, seed=cd.cell.seed)
+        return model
+
+    return _cached(ctx, cd.original_key, cd, train)
+
+
+def reference_model(cd: CellData, ctx: RunContext, original: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """The retrain reference, produced by the registered ``retrain`` method itself."""
+    retrain = create_method("retrain")
+
+    def train() -> nn.Module:
+        seed_everything(cd.cell.seed)
+        return retrain.unlearn(cd.request(copy.deepcopy(original), heldout=False))
+
+    return _cached(ctx, cd.reference_key, cd, train)
+
+
+def _cached(ctx: RunContext, key: str, cd: CellData, train) -> tuple[nn.Module, dict[str, Any]]:
+    if ctx.cache.has(key):
+        model = cd.make_model()
+        info = ctx.cache.load(key, model)
+        model = prepare(model, cd.device)
+        model.eval()
+        return model, info
+    model, info = _timed_build(cd.device, train)
+    info["device_name"] = environment(cd.device, cd.cell.seed)["device_name"]
+    ctx.cache.save(key, model, info)
+    model.eval()
+    return model, info
+
+
+def evaluate(model: nn.Module, cd: CellData, ctx: RunContext, metrics: tuple[str, ...],
+             extras: dict[str, Any] | None = None) -> MetricResult:
+    ectx = EvalContext(model=model, train=cd.train, forget=cd.forget, retain=cd.retain, test=cd.test,
+                       heldout=cd.heldout, split=cd.split, num_classes=cd.splits.num_classes, seed=cd.cell.seed,
+                       batch_size=cd.cell.dataset.recipe.eval_batch_size,
+                       extras={"options": cd.cell.metric_options, "cell_data": cd, "run_context": ctx,
+                               **(extras or {})})
+    values: dict[str, float] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name in metrics:
+        res = metric_info(name).fn(ectx)
+        values.update(res.values)
+        scores.update(res.scores)
+    return MetricResult(values, scores)
+
+
+def reference_metrics(cd: CellData, ctx: RunContext, reference: nn.Module, original: nn.Module) -> MetricResult:
+    key = (cd.reference_key, cd.cell.metrics, stable_hash(cd.cell.metric_options), cd.cell.request.label)
+    if key not in ctx._refs:
+        ctx._refs[key] = evaluate(reference, cd, ctx, cd.cell.metrics, {"role": "reference",
+                                                                         "original_model": original})
+    return ctx._refs[key]
+
+
+def gaps(values: dict[str, float], ref: dict[str, float], metrics: tuple[str, ...]) -> dict[str, float]:
+    with_ref = set()
+    for name in metrics:
+        info = metric_info(name)
+        if info.reference:
+            with_ref.update(k for k in values if k in ref)
+    out = {f"gap.{k}": abs(values[k] - ref[k]) for k in sorted(with_ref) if k in ref}
+    parts = [out.get(f"gap.{k}", float("nan")) for k in AVG_GAP_OF]
+    out["avg_gap"] = float(np.mean(parts)) if not any(math.isnan(p) for p in parts) else float("nan")
+    return out
+
+
+def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.ndarray]]:
+    """Run one cell and return its record (status ok / not_applicable / failed) and per-example scores."""
+    device = ctx.device
+    cell_key = cell.key(device.type)
+    method = create_method(cell.method, cell.method_params)
+    env = environment(device, cell.seed)
+    record = RunRecord(cell_key=cell_key, suite=cell.suite, dataset=cell.dataset.spec.display,
+                       model=cell.dataset.model, request=cell.request.label, method=cell.method, seed=cell.seed,
+                       status="ok", config=cell.config(), config_hash=cell_key, hashes={}, env=env)
+    cd = prepare_cell(cell, ctx)
+    record.hashes = {**cd.splits.hashes, **cd.split.hashes, "original_model": cd.original_key,
+                     "reference_model": cd.reference_key}
+    original, orig_info = original_model(cd, ctx)
+    reason = method.not_applicable(cd.split.kind, original)
+    if reason:
+        record.status, record.reason = "not_applicable", reason
+        return record, {}
+    reference, ref_info = reference_model(cd, ctx, original)
+
+    request = cd.request(copy.deepcopy(original), heldout="needs_heldout" in method.tags)
+    try:
+        if cell.method == "retrain":  # the cached reference is this method's output; its cost was measured then
+            model = reference
+            time_s, peak = ref_info["train_time_s"], ref_info["peak_mem_mib"]
+        else:
+            seed_everything(cell.seed)
+            sync(device)
+            with PeakMemory(device) as mem:
+                t0 = time.perf_counter()
+                model = method.unlearn(request)
+                sync(device)
+                time_s = time.perf_counter() - t0
+            peak = mem.mib
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{cell.method}.unlearn returned {type(model).__name__}, not an nn.Module")
+        model.eval()
+        extra = method.report(model, request)
+        result = evaluate(model, cd, ctx, cell.metrics, {"method": method, "role": "unlearned",
+                                                         "original_model": original})
+    except Exception as exc:  # a failing method is recorded, not fatal for the suite
+        record.status = "failed"
+        record.reason = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=6))[-2000:]
+        return record, {}
+    ref = reference_metrics(cd, ctx, reference, original)
+    values = dict(result.values)
+    values.update(gaps(result.values, ref.values, cell.metrics))
+    values.update({f"{cell.method}.{k}" if not k.startswith(cell.method) else k: float(v)
+                   for k, v in {**request.info, **extra}.items()})
+    values.update({
+        "time_s": float(time_s), "peak_mem_mib": float(peak),
+        "speedup_vs_retrain": float(ref_info["train_time_s"] / time_s) if time_s > 0 else float("inf"),
+        "extra_params": float(count_parameters(model) - count_parameters(original)),
+        "extra_bytes": float(state_bytes(model) - state_bytes(original)),
+        "original_train_time_s": float(orig_info["train_time_s"]),
+        "retrain_time_s": float(ref_info["train_time_s"]),
+    })
+    record.metrics = values
+    scores = dict(result.scores)
+    if device.type == "cpu":
+        record.env["rss_note"] = "peak_mem_mib on the CPU is the process's resident-set peak during unlearn"
+    return record, scores

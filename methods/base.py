@@ -1,0 +1,212 @@
+"""The method contract and its registry.
+
+A method is a frozen dataclass whose fields are its hyperparameters (typed, defaulted, one line of
+doc each through :func:`param`), registered at its definition with :func:`register`, with one verb::
+
+    unlearn(request: UnlearnRequest) -> nn.Module
+
+It declares what it needs beyond forget/retain data as *tags*; the harness supplies it or marks the
+cell "not applicable". It never sees test data, paths, the retrain reference or the CLI. The harness
+owns everything else: copying the model, seeding, device and precision, budget, timing, scoring.
+
+Tags:
+- ``needs_heldout``: gets ``request.heldout`` (unseen third-party data from the held-out split; for
+  class forgetting it excludes the forgotten class).
+- ``needs_relu_head``: the model's ``head`` must be a ReLU MLP (PRUNE).
+- ``class_only``: only for the ``class`` request; other cells are recorded as not applicable.
+- ``reference``: the retrain reference (the harness caches it per cell).
+- ``nondeterministic``: exempt from the determinism check (a reason must be given in ``tag_reasons``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn as nn
+
+from unlearnbench.datasets import TensorData
+
+from .training import Budget, Recipe, device_generator
+
+TAGS = frozenset({"needs_heldout", "needs_relu_head", "class_only", "reference", "nondeterministic"})
+
+
+class MethodError(ValueError):
+    """Unknown method, bad hyperparameter, or a method that cannot serve a request."""
+
+
+def param(default: Any, doc: str, *, choices: tuple | None = None) -> Any:
+    """A hyperparameter field: its default, one line of doc, and optionally the allowed values."""
+    return field(default=default, metadata={"doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True)
+class UnlearnRequest:
+    """Everything a method may use. ``model`` is the harness's copy of the original (mutate freely)."""
+
+    model: nn.Module
+    forget: TensorData
+    retain: TensorData
+    num_classes: int
+    kind: str  # the forget request: "random" | "class" | "points" | "backdoor" | ...
+    recipe: Recipe  # the recipe that trained the original model
+    new_model: Callable[[], nn.Module]  # a freshly initialised model of the same architecture, on the device
+    seed: int
+    budget: Budget = Budget()
+    forget_class: int | None = None
+    heldout: TensorData | None = None  # only for methods tagged needs_heldout
+    info: dict[str, float] = field(default_factory=dict)  # diagnostics the method reports (stored as metrics)
+
+    @property
+    def device(self) -> torch.device:
+        return self.forget.device
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A generator on the device, seeded by the run seed (``offset`` gives independent streams)."""
+        return device_generator(self.device, self.seed * 1000003 + offset)
+
+
+class Method:
+    """Base of every method; subclasses are frozen dataclasses registered with :func:`register`."""
+
+    name: ClassVar[str] = ""
+    tags: ClassVar[frozenset[str]] = frozenset()
+    tag_reasons: ClassVar[dict[str, str]] = {}
+    summary: ClassVar[str] = ""
+
+    def unlearn(self, request: UnlearnRequest) -> nn.Module:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def report(self, model: nn.Module, request: UnlearnRequest) -> dict[str, float]:
+        """Method-specific metrics computed after timing (e.g. PRUNE's certified fraction)."""
+        return {}
+
+    # -- what the harness asks before running a cell
+    def not_applicable(self, kind: str, model: nn.Module) -> str | None:
+        """None if the method can serve this request kind on this model, else the reason it cannot."""
+        if "class_only" in self.tags and kind != "class":
+            return f"{self.name} forgets whole classes only (request kind {kind!r})"
+        if "needs_relu_head" in self.tags:
+            from .models import ModelError, head_linears
+
+            try:
+                head_linears(model)
+            except ModelError as exc:
+                return f"{self.name} needs a ReLU MLP head: {exc}"
+        return None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str, *, tags: tuple[str, ...] | frozenset[str] = (), summary: str = "",
+             tag_reasons: dict[str, str] | None = None):
+    """Class decorator: register a frozen-dataclass method under ``name``."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY:
+            raise MethodError(f"method {name!r} is registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
+        if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+            raise MethodError(f"method {name!r}: {cls.__name__} must be a frozen dataclass")
+        if not issubclass(cls, Method):
+            raise MethodError(f"method {name!r}: {cls.__name__} must subclass Method")
+        bad = set(tags) - TAGS
+        if bad:
+            raise MethodError(f"method {name!r}: unknown tag(s) {sorted(bad)}; known: {sorted(TAGS)}")
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("doc"):
+                raise MethodError(f"method {name!r}: field {f.name!r} needs one line of doc (use param(default, doc))")
+            if f.default is dataclasses.MISSING:
+                raise MethodError(f"method {name!r}: field {f.name!r} needs a default")
+        if "nondeterministic" in tags and not (tag_reasons or {}).get("nondeterministic"):
+            raise MethodError(f"method {name!r}: tag 'nondeterministic' needs a reason in tag_reasons")
+        cls.name = name
+        cls.tags = frozenset(tags)
+        cls.tag_reasons = dict(tag_reasons or {})
+        cls.summary = summary or (cls.__doc__ or "").strip().splitlines()[0]
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    from . import load_all
+
+    load_all()
+
+
+def method_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        near = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+        raise MethodError(f"unknown method {name!r}.{hint} Registered methods: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name]
+
+
+def _check_value(method: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if origin is tuple and isinstance(value, list):
+        value = tuple(value)
+    ok_types: tuple = ()
+    if hint in (int, float, str, bool):
+        ok_types = (hint,)
+    elif origin is tuple:
+        ok_types = (tuple,)
+    elif origin is typing.Union or type(hint).__name__ == "UnionType":
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        if float in args and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok_types = tuple(a for a in args if isinstance(a, type))
+    if ok_types and (not isinstance(value, ok_types) or (isinstance(value, bool) and bool not in ok_types)):
+        names = "/".join(t.__name__ for t in ok_types)
+        raise MethodError(f"method {method!r}: {f.name} must be {names}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise MethodError(f"method {method!r}: {f.name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def create_method(name: str, overrides: dict[str, Any] | None = None) -> Method:
+    """Instantiate a registered method with validated hyperparameter overrides."""
+    cls = method_class(name)
+    overrides = dict(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        near = {u: difflib.get_close_matches(u, list(fields), n=1) for u in unknown}
+        hints = "; ".join(f"{u!r}" + (f" (did you mean {near[u][0]!r}?)" if near[u] else "") for u in unknown)
+        raise MethodError(f"method {name!r} has no hyperparameter {hints}. It takes: "
+                          f"{', '.join(sorted(fields)) or 'none'}.")
+    hints = typing.get_type_hints(cls)
+    values = {k: _check_value(name, fields[k], hints[k], v) for k, v in overrides.items()}
+    return cls(**values)
+
+
+def describe(cls: type[Method]) -> list[tuple[str, str, Any, str]]:
+    """(field, type, default, doc) rows for ``unlearnbench list methods``."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        tname = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
+        rows.append((f.name, tname, f.default, f.metadata.get("doc", "")))
+    return rows
