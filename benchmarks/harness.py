@@ -109,6 +109,26 @@ def _rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _Phases:
+    """Wall time of a cell's phases (``cell.<phase>_s``), to measure the harness's own overhead."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.t0 = self.last = time.perf_counter()
+        self.times: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def as_metrics(self) -> dict[str, float]:
+        out = {f"cell.{k}_s": v for k, v in self.times.items()}
+        out["cell.total_s"] = time.perf_counter() - self.t0
+        return out
+
+
 @dataclass
 class RunContext:
     """Process-level state of a run: where things are, the device, and in-memory caches."""
@@ -294,6 +314,7 @@ def gaps(values: dict[str, float], ref: dict[str, float], metrics: tuple[str, ..
 def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.ndarray]]:
     """Run one cell and return its record (status ok / not_applicable / failed) and per-example scores."""
     device = ctx.device
+    phase = _Phases(device)
     cell_key = cell.key(device.type)
     method = create_method(cell.method, cell.method_params)
     env = environment(device, cell.seed)
@@ -301,14 +322,17 @@ def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.n
                        model=cell.dataset.model, request=cell.request.label, method=cell.method, seed=cell.seed,
                        status="ok", config=cell.config(), config_hash=cell_key, hashes={}, env=env)
     cd = prepare_cell(cell, ctx)
+    phase.mark("prepare")
     record.hashes = {**cd.splits.hashes, **cd.split.hashes, "original_model": cd.original_key,
                      "reference_model": cd.reference_key}
     original, orig_info = original_model(cd, ctx)
+    phase.mark("original")
     reason = method.not_applicable(cd.split.kind, original)
     if reason:
         record.status, record.reason = "not_applicable", reason
         return record, {}
     reference, ref_info = reference_model(cd, ctx, original)
+    phase.mark("reference")
 
     request = cd.request(copy.deepcopy(original), heldout="needs_heldout" in method.tags)
     try:
@@ -327,7 +351,9 @@ def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.n
         if not isinstance(model, nn.Module):
             raise TypeError(f"{cell.method}.unlearn returned {type(model).__name__}, not an nn.Module")
         model.eval()
+        phase.mark("unlearn")
         extra = method.report(model, request)
+        phase.mark("report")
         result = evaluate(model, cd, ctx, cell.metrics, {"method": method, "role": "unlearned",
                                                          "original_model": original})
     except Exception as exc:  # a failing method is recorded, not fatal for the suite
@@ -335,6 +361,7 @@ def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.n
         record.reason = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=6))[-2000:]
         return record, {}
     ref = reference_metrics(cd, ctx, reference, original)
+    phase.mark("evaluate")
     values = dict(result.values)
     values.update(gaps(result.values, ref.values, cell.metrics))
     values.update({f"{cell.method}.{k}" if not k.startswith(cell.method) else k: float(v)
@@ -347,6 +374,7 @@ def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.n
         "original_train_time_s": float(orig_info["train_time_s"]),
         "retrain_time_s": float(ref_info["train_time_s"]),
     })
+    values.update(phase.as_metrics())
     record.metrics = values
     scores = dict(result.scores)
     if device.type == "cpu":
