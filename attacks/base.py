@@ -63,6 +63,12 @@ class EvalContext:
             self._logits[name] = predict(self.model, self.part(name), self.batch_size)
         return self._logits[name]
 
+    def prefetch(self, names=("forget", "retain", "test", "heldout")) -> None:
+        """Compute the logits now (the harness does this on the main thread, so that metrics scored on
+        a worker thread only index finished tensors and never run the model there)."""
+        for name in names:
+            self.logits(name)
+
     def rng(self, purpose: str) -> np.random.Generator:
         """Randomness of an attack: fixed by (seed, purpose) so the method and the retrain reference
         are scored on the same samples."""
@@ -82,16 +88,21 @@ class MetricInfo:
     produces: tuple[str, ...]
     description: str
     reference: bool  # whether a retrain value (and so a gap) makes sense
+    device_bound: bool  # runs models on the device (shadow models, triggered inputs): scored on the main thread
 
 
 _METRICS: dict[str, MetricInfo] = {}
 
 
-def register_metric(name: str, *, produces: tuple[str, ...], description: str, reference: bool = True):
+def register_metric(name: str, *, produces: tuple[str, ...], description: str, reference: bool = True,
+                    device_bound: bool = False):
+    """Register a metric group. ``device_bound=True`` for groups that run models themselves (anything beyond
+    ``ctx.logits``); the others may be scored on a worker thread while the device runs the next cell."""
+
     def deco(fn):
         if name in _METRICS:
             raise MetricError(f"metric {name!r} is registered twice")
-        _METRICS[name] = MetricInfo(name, fn, produces, description, reference)
+        _METRICS[name] = MetricInfo(name, fn, produces, description, reference, device_bound)
         return fn
 
     return deco

@@ -6,12 +6,14 @@ executor (``unlearnbench[ray]``) lives in :mod:`unlearnbench.benchmarks.ray_exec
 from __future__ import annotations
 
 import contextlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .harness import RunContext, run_cell
+from .harness import RunContext, run_cell, start_cell
 from .store import RunRecord, Store
 from .suite import CellSpec
 
@@ -26,12 +28,14 @@ class Plan:
 
 
 def plan(cells: Iterable[CellSpec], ctx: RunContext, store: Store, force: bool = False) -> Plan:
-    finished = set() if force else store.finished_keys()
+    cells = list(cells)
+    suites = {c.suite for c in cells}
+    finished = set() if force else {(s, k) for s in suites for k in store.finished_keys(s)}
     p = Plan([], 0)
     for cell in cells:
         if cell.dataset.requires == "cuda" and ctx.device.type != "cuda":
             p.skipped.append((cell, "needs a CUDA GPU (the suite marks this dataset requires = \"cuda\")"))
-        elif cell.key(ctx.device.type) in finished:
+        elif (cell.suite, cell.key(ctx.device.type)) in finished:
             p.done += 1
         else:
             p.pending.append(cell)
@@ -39,12 +43,31 @@ def plan(cells: Iterable[CellSpec], ctx: RunContext, store: Store, force: bool =
 
 
 def run_inprocess(cells: list[CellSpec], ctx: RunContext, sink: ResultSink,
-                  on_start: Callable[[CellSpec], None] | None = None) -> None:
-    for cell in cells:
-        if on_start:
-            on_start(cell)
-        record, scores = run_cell(cell, ctx)
-        sink(record, scores)
+                  on_start: Callable[[CellSpec], None] | None = None, score_threads: int | None = None) -> None:
+    """Run cells in order in this process. On CUDA the host-only part of scoring (scikit-learn attacks on
+    precomputed logits, certificates) runs on worker threads while the GPU runs the next cell; results
+    still reach ``sink`` on this thread, in cell order. On the CPU everything stays on this thread."""
+    threads = score_threads if score_threads is not None else (4 if ctx.device.type == "cuda" else 0)
+    if threads <= 0:
+        for cell in cells:
+            if on_start:
+                on_start(cell)
+            record, scores = run_cell(cell, ctx)
+            sink(record, scores)
+        return
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score") as pool:
+        for cell in cells:
+            if on_start:
+                on_start(cell)
+            started = start_cell(cell, ctx)
+            pending.append(started if isinstance(started, tuple) else pool.submit(started.finish))
+            while pending and (isinstance(pending[0], tuple) or pending[0].done() or len(pending) > 2 * threads):
+                item = pending.popleft()
+                sink(*(item if isinstance(item, tuple) else item.result()))
+        while pending:
+            item = pending.popleft()
+            sink(*(item if isinstance(item, tuple) else item.result()))
 
 
 EXECUTORS = {"inprocess": run_inprocess}

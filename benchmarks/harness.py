@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from unlearnbench.attacks import EvalContext, MetricResult, metric_info
+from unlearnbench.attacks import EvalContext, metric_info
 from unlearnbench.datasets import ForgetSplit, Splits, TensorData, build_request, build_splits
 from unlearnbench.methods import Budget, UnlearnRequest, create_method
 from unlearnbench.methods.models import build_model, count_parameters, state_bytes
@@ -117,15 +118,20 @@ class _Phases:
         self.t0 = self.last = time.perf_counter()
         self.times: dict[str, float] = {}
 
-    def mark(self, name: str) -> None:
-        sync(self.device)
+    def mark(self, name: str, sync_device: bool = True) -> None:
+        if sync_device:
+            sync(self.device)
         now = time.perf_counter()
         self.times[name] = self.times.get(name, 0.0) + now - self.last
         self.last = now
 
+    def resume(self) -> None:
+        """Start counting again (scoring on a worker thread begins later than the device stage ended)."""
+        self.last = time.perf_counter()
+
     def as_metrics(self) -> dict[str, float]:
         out = {f"cell.{k}_s": v for k, v in self.times.items()}
-        out["cell.total_s"] = time.perf_counter() - self.t0
+        out["cell.total_s"] = sum(self.times.values())
         return out
 
 
@@ -140,6 +146,7 @@ class RunContext:
     cache_dir: Path | None = None
     _data: dict = field(default_factory=dict, repr=False)
     _refs: dict = field(default_factory=dict, repr=False)
+    _refs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.results_dir = Path(self.results_dir)
@@ -275,44 +282,126 @@ def _cached(ctx: RunContext, key: str, cd: CellData, train) -> tuple[nn.Module, 
     return model, info
 
 
+class Evaluation:
+    """Scoring one model with a cell's metric groups, in two stages: ``device_stage`` (main thread:
+    computes the logits every group reads and runs the device-bound groups, e.g. shadow-model attacks)
+    and ``host_stage`` (host-only groups such as scikit-learn attacks on those logits; safe on a worker
+    thread because it never runs a model). ``result`` runs whatever has not run yet."""
+
+    def __init__(self, model: nn.Module, cd: CellData, ctx: RunContext, metrics: tuple[str, ...],
+                 extras: dict[str, Any] | None = None):
+        self.ectx = EvalContext(model=model, train=cd.train, forget=cd.forget, retain=cd.retain, test=cd.test,
+                                heldout=cd.heldout, split=cd.split, num_classes=cd.splits.num_classes,
+                                seed=cd.cell.seed, batch_size=cd.cell.dataset.recipe.eval_batch_size,
+                                extras={"options": cd.cell.metric_options, "cell_data": cd, "run_context": ctx,
+                                        **(extras or {})})
+        infos = [metric_info(m) for m in metrics]
+        self._device = [i for i in infos if i.device_bound]
+        self._host = [i for i in infos if not i.device_bound]
+        self.values: dict[str, float] = {}
+        self.scores: dict[str, np.ndarray] = {}
+        self.no_gap: set[str] = set()  # values of groups without a retrain reference
+        self._lock = threading.Lock()
+        self._device_done = self._host_done = False
+
+    def _run(self, infos) -> None:
+        for info in infos:
+            res = info.fn(self.ectx)
+            self.values.update(res.values)
+            self.scores.update(res.scores)
+            if not info.reference:
+                self.no_gap.update(res.values)
+
+    def device_stage(self) -> "Evaluation":
+        with self._lock:
+            if not self._device_done:
+                self.ectx.prefetch()
+                self._run(self._device)
+                self._device_done = True
+        return self
+
+    def host_stage(self) -> "Evaluation":
+        with self._lock:
+            if not self._host_done:
+                self._run(self._host)
+                self._host_done = True
+        return self
+
+    def result(self) -> "Evaluation":
+        return self.device_stage().host_stage()
+
+
 def evaluate(model: nn.Module, cd: CellData, ctx: RunContext, metrics: tuple[str, ...],
-             extras: dict[str, Any] | None = None) -> MetricResult:
-    ectx = EvalContext(model=model, train=cd.train, forget=cd.forget, retain=cd.retain, test=cd.test,
-                       heldout=cd.heldout, split=cd.split, num_classes=cd.splits.num_classes, seed=cd.cell.seed,
-                       batch_size=cd.cell.dataset.recipe.eval_batch_size,
-                       extras={"options": cd.cell.metric_options, "cell_data": cd, "run_context": ctx,
-                               **(extras or {})})
-    values: dict[str, float] = {}
-    scores: dict[str, np.ndarray] = {}
-    for name in metrics:
-        res = metric_info(name).fn(ectx)
-        values.update(res.values)
-        scores.update(res.scores)
-    return MetricResult(values, scores)
+             extras: dict[str, Any] | None = None) -> Evaluation:
+    """Score ``model`` with the metric groups ``metrics`` (both stages, on this thread)."""
+    return Evaluation(model, cd, ctx, metrics, extras).result()
 
 
-def reference_metrics(cd: CellData, ctx: RunContext, reference: nn.Module, original: nn.Module) -> MetricResult:
+def reference_evaluation(cd: CellData, ctx: RunContext, reference: nn.Module, original: nn.Module) -> Evaluation:
+    """The retrain reference's scores, computed once per (reference, metrics) and shared by the cell's methods."""
     key = (cd.reference_key, cd.cell.metrics, stable_hash(cd.cell.metric_options), cd.cell.request.label)
-    if key not in ctx._refs:
-        ctx._refs[key] = evaluate(reference, cd, ctx, cd.cell.metrics, {"role": "reference",
-                                                                         "original_model": original})
-    return ctx._refs[key]
+    with ctx._refs_lock:
+        if key not in ctx._refs:
+            ctx._refs[key] = Evaluation(reference, cd, ctx, cd.cell.metrics,
+                                        {"role": "reference", "original_model": original})
+        return ctx._refs[key]
 
 
-def gaps(values: dict[str, float], ref: dict[str, float], metrics: tuple[str, ...]) -> dict[str, float]:
-    with_ref = set()
-    for name in metrics:
-        info = metric_info(name)
-        if info.reference:
-            with_ref.update(k for k in values if k in ref)
-    out = {f"gap.{k}": abs(values[k] - ref[k]) for k in sorted(with_ref) if k in ref}
+def gaps(values: dict[str, float], ref: dict[str, float], no_gap: set[str] = frozenset()) -> dict[str, float]:
+    """``gap.m = |m(unlearned) - m(retrain)|`` for every value both have, and ``avg_gap`` (METRICS.md)."""
+    out = {f"gap.{k}": abs(values[k] - ref[k]) for k in sorted(values) if k in ref and k not in no_gap}
     parts = [out.get(f"gap.{k}", float("nan")) for k in AVG_GAP_OF]
     out["avg_gap"] = float(np.mean(parts)) if not any(math.isnan(p) for p in parts) else float("nan")
     return out
 
 
-def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.ndarray]]:
-    """Run one cell and return its record (status ok / not_applicable / failed) and per-example scores."""
+def _failed(record: RunRecord, exc: BaseException) -> tuple[RunRecord, dict[str, np.ndarray]]:
+    record.status = "failed"
+    record.reason = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=6))[-2000:]
+    record.metrics = {}
+    return record, {}
+
+
+@dataclass
+class PendingCell:
+    """A cell whose method has run; ``finish`` scores it (host work only) and builds the record."""
+
+    record: RunRecord
+    method: Any
+    request: UnlearnRequest
+    model: nn.Module
+    original: nn.Module
+    evaluation: Evaluation
+    reference: Evaluation
+    costs: dict[str, float]
+    phase: _Phases
+
+    def finish(self) -> tuple[RunRecord, dict[str, np.ndarray]]:
+        record = self.record
+        self.phase.resume()
+        try:
+            extra = self.method.report(self.model, self.request)
+            self.phase.mark("report", sync_device=False)
+            result = self.evaluation.host_stage()
+            ref = self.reference.host_stage()
+            self.phase.mark("evaluate", sync_device=False)
+        except Exception as exc:  # a failing method or metric is recorded, not fatal for the suite
+            return _failed(record, exc)
+        name = record.method
+        values = dict(result.values)
+        values.update(gaps(result.values, ref.values, result.no_gap))
+        values.update({k if k.startswith(name + ".") else f"{name}.{k}": float(v)
+                       for k, v in {**self.request.info, **extra}.items()})
+        values.update(self.costs)
+        values.update(self.phase.as_metrics())
+        record.metrics = values
+        return record, dict(result.scores)
+
+
+def start_cell(cell: CellSpec, ctx: RunContext) -> PendingCell | tuple[RunRecord, dict[str, np.ndarray]]:
+    """Everything of a cell that uses the device: splits, original and reference models, the timed
+    ``unlearn``, and the device stage of scoring. Returns a finished (record, scores) for cells that
+    are not applicable or failed, else a :class:`PendingCell`."""
     device = ctx.device
     phase = _Phases(device)
     cell_key = cell.key(device.type)
@@ -321,6 +410,8 @@ def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.n
     record = RunRecord(cell_key=cell_key, suite=cell.suite, dataset=cell.dataset.spec.display,
                        model=cell.dataset.model, request=cell.request.label, method=cell.method, seed=cell.seed,
                        status="ok", config=cell.config(), config_hash=cell_key, hashes={}, env=env)
+    if device.type == "cpu":
+        env["peak_mem_note"] = "on the CPU, peak_mem_mib is the process's resident-set peak during unlearn"
     cd = prepare_cell(cell, ctx)
     phase.mark("prepare")
     record.hashes = {**cd.splits.hashes, **cd.split.hashes, "original_model": cd.original_key,
@@ -332,6 +423,7 @@ def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.n
         record.status, record.reason = "not_applicable", reason
         return record, {}
     reference, ref_info = reference_model(cd, ctx, original)
+    ref_eval = reference_evaluation(cd, ctx, reference, original).device_stage()
     phase.mark("reference")
 
     request = cd.request(copy.deepcopy(original), heldout="needs_heldout" in method.tags)
@@ -352,31 +444,23 @@ def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.n
             raise TypeError(f"{cell.method}.unlearn returned {type(model).__name__}, not an nn.Module")
         model.eval()
         phase.mark("unlearn")
-        extra = method.report(model, request)
-        phase.mark("report")
-        result = evaluate(model, cd, ctx, cell.metrics, {"method": method, "role": "unlearned",
-                                                         "original_model": original})
+        evaluation = Evaluation(model, cd, ctx, cell.metrics, {"method": method, "role": "unlearned",
+                                                               "original_model": original}).device_stage()
+        phase.mark("evaluate")
     except Exception as exc:  # a failing method is recorded, not fatal for the suite
-        record.status = "failed"
-        record.reason = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=6))[-2000:]
-        return record, {}
-    ref = reference_metrics(cd, ctx, reference, original)
-    phase.mark("evaluate")
-    values = dict(result.values)
-    values.update(gaps(result.values, ref.values, cell.metrics))
-    values.update({f"{cell.method}.{k}" if not k.startswith(cell.method) else k: float(v)
-                   for k, v in {**request.info, **extra}.items()})
-    values.update({
+        return _failed(record, exc)
+    costs = {
         "time_s": float(time_s), "peak_mem_mib": float(peak),
         "speedup_vs_retrain": float(ref_info["train_time_s"] / time_s) if time_s > 0 else float("inf"),
         "extra_params": float(count_parameters(model) - count_parameters(original)),
         "extra_bytes": float(state_bytes(model) - state_bytes(original)),
         "original_train_time_s": float(orig_info["train_time_s"]),
         "retrain_time_s": float(ref_info["train_time_s"]),
-    })
-    values.update(phase.as_metrics())
-    record.metrics = values
-    scores = dict(result.scores)
-    if device.type == "cpu":
-        record.env["rss_note"] = "peak_mem_mib on the CPU is the process's resident-set peak during unlearn"
-    return record, scores
+    }
+    return PendingCell(record, method, request, model, original, evaluation, ref_eval, costs, phase)
+
+
+def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.ndarray]]:
+    """Run one cell on this thread and return its record (ok / not_applicable / failed) and per-example scores."""
+    started = start_cell(cell, ctx)
+    return started if isinstance(started, tuple) else started.finish()

@@ -138,9 +138,10 @@ class Store:
             raise
 
     # ------------------------------------------------------------------------------ reading
-    def finished_keys(self) -> set[str]:
-        """Cells with a finished result (ok or not applicable); failed cells are retried."""
-        rows = self._conn.execute("SELECT DISTINCT cell_key FROM runs WHERE status IN ('ok', 'not_applicable')")
+    def finished_keys(self, suite: str) -> set[str]:
+        """Cells of ``suite`` with a finished result (ok or not applicable); failed cells are retried."""
+        rows = self._conn.execute("SELECT DISTINCT cell_key FROM runs WHERE suite = ? AND status IN "
+                                  "('ok', 'not_applicable')", (suite,))
         return {r[0] for r in rows}
 
     def records(self, suite: str | None = None, latest: bool = True) -> list[RunRecord]:

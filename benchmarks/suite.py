@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from unlearnbench.attacks import MetricError, metric_info
+from unlearnbench.attacks import MetricError, load_all, metric_info
 from unlearnbench.datasets import DatasetError, DatasetSpec, request_label
 from unlearnbench.datasets.requests import list_requests
 from unlearnbench.methods import MethodError, Recipe, create_method, method_names
@@ -86,12 +86,28 @@ class CellSpec:
             "metrics": list(self.metrics), "metric_options": self.metric_options, "max_epochs": self.max_epochs,
         }
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], suite: str) -> "CellSpec":
+        """Rebuild a cell from a stored record's :meth:`config` (what ``unlearnbench reproduce`` re-runs).
+        Its :meth:`key` equals the stored record's ``cell_key`` when the config round-trips."""
+        d = config["dataset"]
+        spec = DatasetSpec(name=d["name"], heldout=d.get("heldout"), train_subset=d.get("train_subset"),
+                           options=tuple(sorted(d.get("options", {}).items())), label=d.get("label"))
+        entry = DatasetEntry(spec=spec, model=config["model"], model_options=dict(config.get("model_options", {})),
+                             recipe_name=config.get("recipe_name", ""), recipe=Recipe.from_dict(config["recipe"]),
+                             requires=None, overrides={}, requests=None, methods=None)
+        req = config["request"]
+        return cls(suite, entry, RequestEntry(req["kind"], dict(req["params"])), config["method"],
+                   dict(config["method_params"]), int(config["seed"]), tuple(config["metrics"]),
+                   dict(config.get("metric_options", {})), config.get("max_epochs"))
+
     def key(self, device_type: str) -> str:
         """Identity of the cell's result: changes when and only when an input that matters changes."""
         cfg = self.config()
         cfg["dataset"].pop("label", None)
         cfg.pop("recipe_name")
         cfg["request"].pop("label")
+        cfg["request"]["params"] = {k: v for k, v in cfg["request"]["params"].items() if k != "label"}
         cfg["device_type"] = device_type
         return stable_hash(cfg)
 
@@ -255,6 +271,7 @@ def parse_suite(data: dict[str, Any], *, text: str = "", path: str = "<suite>", 
     raw_req = data.get("requests")
     if not isinstance(raw_req, list) or not raw_req:
         raise ctx.fail("requests", "needs at least one [[requests]] entry, e.g. kind = \"random\", fraction = 0.1")
+    load_all()  # attack modules register request kinds too (backdoor)
     kinds = {k.name: k for k in list_requests()}
     requests = []
     for r in raw_req:

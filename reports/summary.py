@@ -49,4 +49,4 @@ def format_mean_std(values: list[float], digits: int = 3) -> str:
     if len(vals) == 1:
         return f"{mean:.{digits}f}"
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}±{std:.{digits}f}"

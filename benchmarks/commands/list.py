@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
         for s in list_sources():
             table.add_row(s.name, "--data-root" if s.needs_files else "embedded", str(s.default_heldout), s.description)
     elif args.what == "requests":
+        from unlearnbench.attacks import load_all
         from unlearnbench.datasets import list_requests
 
+        load_all()  # attack modules register request kinds too (backdoor)
         for c in ("request", "parameters", "description"):
             table.add_column(c)
         for r in list_requests():

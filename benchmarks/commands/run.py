@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from unlearnbench.benchmarks.store import Store
     from unlearnbench.benchmarks.suite import load_suite
 
-    console = Console(stderr=False)
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
     suite = load_suite(args.suite)
     cells = suite.cells(methods=args.methods, seeds=args.seeds, datasets=args.datasets)
     device = resolve_device(args.device)
