@@ -30,6 +30,7 @@ class MetricError(ValueError):
 class MetricResult:
     values: dict[str, float]
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # per-example arrays, stored in the run's .npz
+    no_gap: frozenset[str] = frozenset()  # values that describe another model (e.g. the original): no gap.* for them
 
 
 @dataclass

@@ -9,7 +9,9 @@ so a method and its retrain reference are scored on the same examples.
 ``mia.svc_efficacy`` (SalUn / Unlearn-Sparse convention): an SVC (RBF, C=3, gamma='auto') trained on
 the true-label confidence ``p_y(x)`` of a uniform retain sample of size |D_t| (members, 1) versus D_t
 (non-members, 0); the value is the fraction of D_f predicted non-member. Its target is the retrain
-value, not 100%.
+value, not 100%. When the retain set is smaller than D_t (subset recipes: 1,800 retain vs 10,000
+test images), both classes are uniform samples of size |D_r|: the convention's two classes are equal
+in size, and an SVC fitted on a 1:5 imbalance would call every example a non-member.
 """
 
 from __future__ import annotations
@@ -44,13 +46,20 @@ def score_entropy(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 def score_mentropy(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """Negative modified entropy of Song & Mittal (2021):
     Mentr = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)."""
-    lp = _log_probs(logits)
+    z = logits.double()
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    lp = z - lse
     p = lp.exp()
-    log1mp = torch.log1p(-p.clamp(max=1 - 1e-12))
-    py = p.gather(1, y[:, None]).squeeze(1)
-    term_y = (1 - py) * lp.gather(1, y[:, None]).squeeze(1)
-    others = p * log1mp
-    others = others.sum(1) - others.gather(1, y[:, None]).squeeze(1)
+    # log(1 - p_i): log1p(-p_i) is accurate wherever p_i <= 1/2, i.e. for every class but the top one;
+    # for the top class it is logsumexp of the other logits minus logsumexp of all (exact even when
+    # 1 - p_i underflows in float64)
+    log1mp = torch.log1p(-p)
+    top = z.argmax(1, keepdim=True)
+    rest = torch.logsumexp(z.scatter(1, top, float("-inf")), dim=1, keepdim=True)
+    log1mp = log1mp.scatter(1, top, rest - lse)
+    lpy = lp.gather(1, y[:, None]).squeeze(1)
+    term_y = -torch.expm1(lpy) * lpy  # (1 - p_y) log p_y
+    others = (p * log1mp).scatter(1, y[:, None], 0.0).sum(1)  # sum over i != y
     mentr = -term_y - others
     return (-mentr).cpu().numpy()
 
@@ -95,11 +104,14 @@ mentropy_auc = _population("mia.mentropy_auc", score_mentropy, "the negative mod
                  description="SalUn SVC on p_y: retain sample (1) vs D_t (0); fraction of D_f predicted non-member")
 def svc_efficacy(ctx: EvalContext) -> MetricResult:
     nt, nr = len(ctx.test), len(ctx.retain)
+    n = min(nt, nr)
     rng = ctx.rng("mia-svc-retain-sample")
-    ri = np.sort(rng.choice(nr, min(nt, nr), replace=False))
+    ri = np.sort(rng.choice(nr, n, replace=False))
     ri_t = torch.as_tensor(ri, device=ctx.device)
     conf_r = score_conf(ctx.logits("retain")[ri_t], ctx.retain.y[ri_t])
     conf_t = score_conf(ctx.logits("test"), ctx.test.y)
+    if n < nt:  # balance the classes with a uniform D_t sample of size |D_r|
+        conf_t = conf_t[np.sort(ctx.rng("mia-svc-test-sample").choice(nt, n, replace=False))]
     conf_f = score_conf(ctx.logits("forget"), ctx.forget.y)
     x = np.concatenate([conf_r, conf_t])[:, None]
     y = np.concatenate([np.ones(len(conf_r)), np.zeros(len(conf_t))])

@@ -6,6 +6,7 @@ executor (``unlearnbench[ray]``) lives in :mod:`unlearnbench.benchmarks.ray_exec
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ def run_inprocess(cells: list[CellSpec], ctx: RunContext, sink: ResultSink,
     """Run cells in order in this process. On CUDA the host-only part of scoring (scikit-learn attacks on
     precomputed logits, certificates) runs on worker threads while the GPU runs the next cell; results
     still reach ``sink`` on this thread, in cell order. On the CPU everything stays on this thread."""
-    threads = score_threads if score_threads is not None else (4 if ctx.device.type == "cuda" else 0)
+    threads = score_threads if score_threads is not None else (
+        min(8, os.cpu_count() or 1) if ctx.device.type == "cuda" else 0)  # libsvm fits release the GIL
     if threads <= 0:
         for cell in cells:
             if on_start:

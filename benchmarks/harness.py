@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,9 @@ def setup_device(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
+        # One intra-op thread: CPU results then do not depend on the machine's core count (float reductions
+        # split across threads round differently), and small models gain nothing from more threads.
+        torch.set_num_threads(int(os.environ.get("UNLEARNBENCH_CPU_THREADS", "1")))
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -147,6 +152,8 @@ class RunContext:
     _data: dict = field(default_factory=dict, repr=False)
     _refs: dict = field(default_factory=dict, repr=False)
     _refs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    resident_models: int = 4  # original/reference models kept on the device between cells
+    _models: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
         self.results_dir = Path(self.results_dir)
@@ -269,6 +276,17 @@ def reference_model(cd: CellData, ctx: RunContext, original: nn.Module) -> tuple
 
 
 def _cached(ctx: RunContext, key: str, cd: CellData, train) -> tuple[nn.Module, dict[str, Any]]:
+    if key in ctx._models:  # resident from an earlier cell of this process
+        ctx._models.move_to_end(key)
+        return ctx._models[key]
+    model, info = _load_or_build(ctx, key, cd, train)
+    ctx._models[key] = (model, info)
+    while len(ctx._models) > ctx.resident_models:
+        ctx._models.popitem(last=False)
+    return model, info
+
+
+def _load_or_build(ctx: RunContext, key: str, cd: CellData, train) -> tuple[nn.Module, dict[str, Any]]:
     if ctx.cache.has(key):
         model = cd.make_model()
         info = ctx.cache.load(key, model)
@@ -309,6 +327,7 @@ class Evaluation:
             res = info.fn(self.ectx)
             self.values.update(res.values)
             self.scores.update(res.scores)
+            self.no_gap.update(res.no_gap)
             if not info.reference:
                 self.no_gap.update(res.values)
 
@@ -423,11 +442,10 @@ def start_cell(cell: CellSpec, ctx: RunContext) -> PendingCell | tuple[RunRecord
         record.status, record.reason = "not_applicable", reason
         return record, {}
     reference, ref_info = reference_model(cd, ctx, original)
-    ref_eval = reference_evaluation(cd, ctx, reference, original).device_stage()
-    phase.mark("reference")
-
     request = cd.request(copy.deepcopy(original), heldout="needs_heldout" in method.tags)
     try:
+        ref_eval = reference_evaluation(cd, ctx, reference, original).device_stage()
+        phase.mark("reference")
         if cell.method == "retrain":  # the cached reference is this method's output; its cost was measured then
             model = reference
             time_s, peak = ref_info["train_time_s"], ref_info["peak_mem_mib"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -168,28 +168,44 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _decode_folder(folder: Path, classes: list[str], paths: list[str] | None = None):
-    """Decode JPEG/PNG images to uint8 NCHW; ``paths`` fixes the order, else class folders sorted."""
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def _decode(read, paths: list[str], where: str) -> np.ndarray:
+    """Decode images (``read(path) -> bytes``) to uint8 NCHW on a thread pool (PIL decodes without the GIL)."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
     from PIL import Image
 
-    if paths is None:
-        paths, labels = [], []
-        for label, cls in enumerate(classes):
-            for p in sorted((folder / cls).iterdir()):
-                if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"}:
-                    paths.append(str(p.relative_to(folder)))
-                    labels.append(label)
-    else:
-        labels = None
-    images = []
-    for rel in paths:
-        with Image.open(folder / rel) as im:
-            images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    def one(rel: str) -> np.ndarray:
+        with Image.open(io.BytesIO(read(rel))) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(one, paths, chunksize=256))
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise DatasetError(f"images under {folder} have different sizes {sorted(shapes)[:3]}; resize them first")
-    x = np.stack(images).transpose(0, 3, 1, 2).copy()
-    return x, paths, labels
+        raise DatasetError(f"images under {where} have different sizes {sorted(shapes)[:3]}; resize them first")
+    return np.stack(images).transpose(0, 3, 1, 2).copy()
+
+
+def _class_listing(names: list[str], classes: list[str], prefix: str = "") -> tuple[list[str], list[int]]:
+    """Paths ``<prefix><class>/<file>`` sorted by class then file name, with their labels."""
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        head = f"{prefix}{cls}/"
+        for name in sorted(n for n in names if n.startswith(head) and Path(n).suffix.lower() in _IMAGE_SUFFIXES):
+            paths.append(name)
+            labels.append(label)
+    return paths, labels
+
+
+def _decode_folder(folder: Path, classes: list[str]) -> tuple[np.ndarray, list[int]]:
+    """Decode an ImageFolder split (``folder/<class>/*``), class folders in the given order."""
+    names = [str(p.relative_to(folder)) for cls in classes if (folder / cls).is_dir() for p in (folder / cls).iterdir()]
+    paths, labels = _class_listing(names, classes)
+    return _decode(lambda rel: (folder / rel).read_bytes(), paths, str(folder)), labels
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
@@ -213,35 +229,32 @@ def load_cifar10_jpeg(root: Path | None = None, download: bool = False) -> Sourc
     out = cache_dir() / "cifar10-jpeg" / _JPEG_MD5
     arrays = {k: out / f"{k}.npy" for k in ("train_x", "train_y", "test_x", "test_y")}
     if not all(p.is_file() for p in arrays.values()):
-        if unpacked is None:
-            if tarball is None:
-                raise DatasetError(
-                    f"dataset 'cifar10-jpeg': no cifar10-jpeg.tar.gz under {root} (looked for "
-                    f"{', '.join(str(c) for c in candidates)}). Point --data-root at the shared data folder "
-                    "(../shared/data) or copy the tarball there; it cannot be downloaded.")
+        if unpacked is not None:  # an unpacked copy: read its files
+            files = {str(p.relative_to(unpacked)): p for p in unpacked.rglob("*") if p.is_file()}
+            read = lambda rel: files[rel].read_bytes()  # noqa: E731
+        elif tarball is None:
+            raise DatasetError(
+                f"dataset 'cifar10-jpeg': no cifar10-jpeg.tar.gz under {root} (looked for "
+                f"{', '.join(str(c) for c in candidates)}). Point --data-root at the shared data folder "
+                "(../shared/data) or copy the tarball there; it cannot be downloaded.")
+        else:
             if _md5(tarball) != _JPEG_MD5:
                 raise DatasetError(f"{tarball} has the wrong md5 (want {_JPEG_MD5}); copy it again")
-            staging = out.parent / f"unpack-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            with tarfile.open(tarball) as tf:
-                tf.extractall(staging, filter="data")
-            unpacked = staging
-        else:
-            staging = None
-        with open(unpacked / "train_order.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
+            with tarfile.open(tarball) as tf:  # read the members in memory: no 60,000 small files on disk
+                blobs = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+            files = blobs
+            read = blobs.__getitem__
+        rows = list(csv.DictReader(io.StringIO(read("train_order.csv").decode())))
         rows.sort(key=lambda r: int(r["index"]))
-        train_x, _, _ = _decode_folder(unpacked, classes, [r["path"] for r in rows])
+        train_x = _decode(read, [r["path"] for r in rows], "cifar10-jpeg train/")
         train_y = np.array([int(r["label"]) for r in rows], dtype=np.int64)
-        test_x, _, test_labels = _decode_folder(unpacked / "test", classes)
+        test_paths, test_labels = _class_listing(list(files), classes, prefix="test/")
+        test_x = _decode(read, test_paths, "cifar10-jpeg test/")
         out.mkdir(parents=True, exist_ok=True)
         _atomic_save_npy(arrays["train_x"], train_x)
         _atomic_save_npy(arrays["train_y"], train_y)
         _atomic_save_npy(arrays["test_x"], test_x)
         _atomic_save_npy(arrays["test_y"], np.asarray(test_labels, dtype=np.int64))
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
     loaded = {k: torch.from_numpy(np.load(p, allow_pickle=False)) for k, p in arrays.items()}
     return SourceData("cifar10-jpeg", ImageSet(loaded["train_x"], loaded["train_y"]),
                       ImageSet(loaded["test_x"], loaded["test_y"]), tuple(classes), augment="crop_flip",
@@ -263,7 +276,7 @@ def load_image_folder(root: Path | None = None, download: bool = False, path: st
         raise DatasetError(f"image-folder: no class folders under {base / 'train'}")
     xs, ys = [], []
     for part in ("train", "test"):
-        x, _, labels = _decode_folder(base / part, classes)
+        x, labels = _decode_folder(base / part, classes)
         xs.append(torch.from_numpy(x))
         ys.append(torch.tensor(labels, dtype=torch.int64))
     return SourceData("image-folder", ImageSet(xs[0], ys[0]), ImageSet(xs[1], ys[1]), tuple(classes),

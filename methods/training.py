@@ -136,10 +136,11 @@ def lr_factor(step: int, total: int, schedule: str, warmup_frac: float) -> float
 def make_optimizer(params: Iterable[torch.nn.Parameter], recipe: Recipe, lr: float | None = None):
     lr = recipe.lr if lr is None else lr
     params = [p for p in params if p.requires_grad]
+    fused = bool(params) and all(p.is_cuda for p in params)  # one kernel per step on CUDA; CPU keeps foreach
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay, fused=fused or None)
     return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0,
-                           weight_decay=recipe.weight_decay)
+                           weight_decay=recipe.weight_decay, fused=fused or None)
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -174,33 +175,39 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, *, seed: int, epochs
         epochs = budget.epochs(epochs)
     loss_fn = loss_fn or cross_entropy(recipe.label_smoothing)
     gen = generator if generator is not None else device_generator(device, seed)
-    per_epoch = data.num_batches(recipe.batch_size, drop_last=False)
+    # The ragged last batch is dropped (a fresh shuffle every epoch still covers every example): on CUDA each
+    # new batch shape would cost a cuDNN autotuning pass. A set smaller than one batch is one batch.
+    per_epoch = data.num_batches(recipe.batch_size, drop_last=True)
     total = max(1, int(math.ceil(epochs * per_epoch)))
     opt = optimizer or make_optimizer(model.parameters() if params is None else params, recipe, lr)
     base_lrs = [g["lr"] for g in opt.param_groups]
     stats = FitStats()
     model.train()
     epoch = 0
-    with autocast(device):
-        while stats.steps < total:
-            for xb, yb in data.batches(recipe.batch_size, shuffle=True, generator=gen, augment=recipe.augment):
-                f = lr_factor(stats.steps, total, recipe.schedule, recipe.warmup_frac)
-                for g, base in zip(opt.param_groups, base_lrs):
-                    g["lr"] = base * f
+    while stats.steps < total:
+        for xb, yb in data.batches(recipe.batch_size, shuffle=True, generator=gen, augment=recipe.augment,
+                                   drop_last=True):
+            f = lr_factor(stats.steps, total, recipe.schedule, recipe.warmup_frac)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * f
+            # autocast wraps the forward pass and loss of ONE step: it caches the low-precision copies of the
+            # weights for as long as its region is open, so a region spanning several optimizer steps would
+            # keep computing with the first step's weights.
+            with autocast(device):
                 loss = loss_fn(model, xb, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if post_step is not None:
-                    post_step()
-                stats.steps += 1
-                if stats.steps >= total:
-                    break
-            epoch += 1
-            stats.epochs_run = stats.steps / per_epoch
-            if on_epoch_end is not None and stats.steps < total and on_epoch_end(epoch):
-                stats.stopped_early = True
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if post_step is not None:
+                post_step()
+            stats.steps += 1
+            if stats.steps >= total:
                 break
+        epoch += 1
+        stats.epochs_run = stats.steps / per_epoch
+        if on_epoch_end is not None and stats.steps < total and on_epoch_end(epoch):
+            stats.stopped_early = True
+            break
     model.eval()
     return stats
 
@@ -225,32 +232,37 @@ def eval_mode(model: nn.Module):
         model.train(was)
 
 
+def _batched_eval(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``fn`` over ``x`` in eval batches. On CUDA a ragged last batch is zero-padded to the full batch size
+    (eval mode: samples do not interact) so that every call has the same shape and cuDNN autotunes once."""
+    n = x.shape[0]
+    outs = []
+    for start in range(0, n, batch_size):
+        xb = x[start:start + batch_size]
+        xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb
+        rows = xb.shape[0]
+        if x.is_cuda and rows < batch_size and n > batch_size:
+            xb = torch.cat([xb, xb.new_zeros((batch_size - rows, *xb.shape[1:]))])
+        outs.append(fn(xb)[:rows].float())
+    return torch.cat(outs)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, data: TensorData | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Float32 logits ``[N, C]`` on the data's device, in eval mode (restored afterwards)."""
     x = data.x if isinstance(data, TensorData) else data
-    outs = []
-    with eval_mode(model), autocast(x.device):
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size]
-            xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb
-            outs.append(model(_layout(xb, model)).float())
-    if not outs:
+    if x.shape[0] == 0:
         return torch.empty(0, 0, device=x.device)
-    return torch.cat(outs)
+    with eval_mode(model), autocast(x.device):
+        return _batched_eval(lambda xb: model(_layout(xb, model)), x, batch_size)
 
 
 @torch.no_grad()
 def predict_features(model: nn.Module, data: TensorData | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Float32 penultimate features ``model.features(x)``."""
     x = data.x if isinstance(data, TensorData) else data
-    outs = []
     with eval_mode(model), autocast(x.device):
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size]
-            xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb
-            outs.append(model.features(_layout(xb, model)).float())
-    return torch.cat(outs)
+        return _batched_eval(lambda xb: model.features(_layout(xb, model)), x, batch_size)
 
 
 def accuracy(model: nn.Module, data: TensorData, batch_size: int = 1024) -> float:

@@ -182,3 +182,23 @@ def test_tensor_data_batches_cover_once_per_epoch():
     ys = torch.cat([y for _, y in d.batches(3, shuffle=True, generator=g)])
     assert sorted(ys.tolist()) == list(range(10))
     assert d.num_batches(3) == 4 and d.num_batches(3, drop_last=True) == 3
+
+
+def test_image_folder_source(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 6), ("test", 2)):
+        for cls in ("cat", "ant"):
+            (tmp_path / "imgs" / part / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
+                    tmp_path / "imgs" / part / cls / f"{i}.png")
+    build_splits.cache_clear()
+    s = build_splits(DatasetSpec("image-folder", heldout=2, options=(("path", "imgs"),)), str(tmp_path))
+    assert s.classes == ("ant", "cat") and s.image_shape == (3, 12, 12)
+    assert len(s.train) == 10 and len(s.test) == 4 and sorted(s.test.y.tolist()) == [0, 0, 1, 1]
+    first = np.asarray(Image.open(tmp_path / "imgs" / "test" / "ant" / "0.png")).transpose(2, 0, 1)
+    assert np.array_equal(s.test.x[0].numpy(), first)
+    with pytest.raises(DatasetError, match="train/<class>"):
+        build_splits(DatasetSpec("image-folder", options=(("path", "missing"),)), str(tmp_path))

@@ -1,0 +1,56 @@
+"""``unlearnbench leaderboard``: the leaderboard of a suite's stored results (Markdown, HTML, CSV, LaTeX).
+
+The table is a pure function of the stored records (``reports/leaderboard.py``): the same records
+give byte-identical output except the one ``Generated:`` line (``--generated-at`` fixes it too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ._results import add_common, metric_defs, select
+
+SUFFIX_FORMAT = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".csv": "csv", ".tex": "tex"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "leaderboard", help="build the leaderboard of stored results (md, html, csv, tex)",
+        description="Per (dataset, model, request, device): methods x metrics, each cell mean ± 95%% CI over seeds "
+                    "(Student t) with n, the retrain reference row, gaps to retrain, cost, ranked by the suite's "
+                    "primary score (default avg_gap, lower is better), paper-reported numbers where a cell matches "
+                    "(reports/anchors.py), and the provenance of the runs. Deterministic: the same records give the "
+                    "same bytes except the 'Generated:' line.")
+    add_common(p)
+    p.add_argument("--format", choices=("md", "html", "csv", "tex"), default=None,
+                   help="output format (default: from --out's suffix, else md)")
+    p.add_argument("--out", default=None, help="write to this file (default: standard output)")
+    p.add_argument("--primary", default=None, help="rank by this metric instead of the suite's primary score")
+    p.add_argument("--higher-is-better", action="store_true", help="the primary score ranks high values first")
+    p.add_argument("--generated-at", default=None,
+                   help="text of the 'Generated:' line (default: the current UTC time)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from unlearnbench.reports.leaderboard import build, render
+
+    fmt = args.format or (SUFFIX_FORMAT.get(Path(args.out).suffix.lower(), "md") if args.out else "md")
+    (sel,) = select(args)
+    primary = args.primary or (sel.suite.primary if sel.suite else "avg_gap")
+    when = args.generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lb = build([r.row() for r in sel.records], primary=primary, higher_is_better=args.higher_is_better,
+               metric_defs=metric_defs(), method_order=list(sel.suite.methods) if sel.suite else None,
+               generated_at=when, title=f"Leaderboard: suite {sel.name}")
+    text = render(lb, fmt)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8", newline="")
+        print(f"wrote {out} ({fmt}, {len(lb.groups)} table group(s), {len(sel.records)} runs)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
