@@ -335,6 +335,10 @@ class Evaluation:
         with self._lock:
             if not self._device_done:
                 self.ectx.prefetch()
+                bad = [p for p in ("forget", "retain", "test") if not bool(torch.isfinite(self.ectx.logits(p)).all())]
+                if bad:
+                    raise FloatingPointError(f"the model's outputs on {', '.join(bad)} are not finite (NaN/inf): "
+                                             "the method diverged")
                 self._run(self._device)
                 self._device_done = True
         return self

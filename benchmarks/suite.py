@@ -145,7 +145,7 @@ class Suite:
     max_epochs: float | None = None
 
     def cells(self, methods: list[str] | None = None, seeds: list[int] | None = None,
-              datasets: list[str] | None = None) -> list[CellSpec]:
+              datasets: list[str] | None = None, requests: list[str] | None = None) -> list[CellSpec]:
         """All cells in run order: dataset, seed, request, method (so cached models are reused at once)."""
         chosen = list(methods) if methods else list(self.methods)
         for m in chosen:
@@ -158,6 +158,8 @@ class Suite:
                 for r in self.requests:
                     if d.requests is not None and r.label not in d.requests:
                         continue
+                    if requests and r.label not in requests:
+                        continue
                     for m in chosen:
                         if d.methods is not None and m not in d.methods:
                             continue
@@ -165,9 +167,11 @@ class Suite:
                         method = create_method(m, overrides)
                         out.append(CellSpec(self.name, d, r, m, method.hyperparameters(), int(seed), self.metrics,
                                             self.metric_options, self.max_epochs))
-        if datasets and not out:
+        if datasets and not any(d.spec.display in datasets or d.spec.name in datasets for d in self.datasets):
             known = sorted({d.spec.display for d in self.datasets})
             raise SuiteError(f"suite {self.name!r} has no dataset {datasets}; it has {known}")
+        if requests and not any(r.label in requests for r in self.requests):
+            raise SuiteError(f"suite {self.name!r} has no request {requests}; it has {[r.label for r in self.requests]}")
         return out
 
 

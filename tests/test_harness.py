@@ -315,3 +315,18 @@ def test_threaded_scoring_gives_the_sequential_results(tmp_path):
         vb = {k: v for k, v in b.metrics.items() if k not in timing and not k.startswith("cell.")}
         assert va == vb
         assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_diverged_method_is_recorded_as_failed_with_a_plain_reason(tmp_path, monkeypatch):
+    from unlearnbench.methods.reference import Original
+
+    def nan_model(self, request):
+        with torch.no_grad():
+            for p in request.model.parameters():
+                p.fill_(float("nan"))
+        return request.model
+
+    monkeypatch.setattr(Original, "unlearn", nan_model)
+    suite = tiny_suite(methods=["original"])
+    rec, scores = run_cell(suite.cells()[0], RunContext(results_dir=tmp_path, device=torch.device("cpu")))
+    assert rec.status == "failed" and "not finite" in rec.reason and "diverged" in rec.reason and scores == {}

@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated subset of the suite's methods")
     p.add_argument("--seeds", type=_csv_int, default=None, help="comma-separated seeds overriding the suite's")
     p.add_argument("--datasets", type=_csv, default=None, help="comma-separated subset of the suite's datasets")
+    p.add_argument("--requests", type=_csv, default=None,
+                   help="comma-separated subset of the suite's requests, by label (e.g. random-10%%,class-3)")
     p.add_argument("--data-root", default=None,
                    help="folder with dataset files (env UNLEARNBENCH_DATA_ROOT); e.g. ../shared/data")
     p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     suite = load_suite(args.suite)
-    cells = suite.cells(methods=args.methods, seeds=args.seeds, datasets=args.datasets)
+    cells = suite.cells(methods=args.methods, seeds=args.seeds, datasets=args.datasets, requests=args.requests)
     device = resolve_device(args.device)
     ctx = RunContext(results_dir=Path(args.results), data_root=args.data_root or default_data_root(),
                      download=args.download, device=device, cache_dir=args.cache_dir)
