@@ -411,3 +411,20 @@ def test_reproduce_on_cuda_within_statistical_tolerance(tmp_path, capsys):
     assert main(["reproduce", "--results", res, "--tolerance", str(tmp_path / "tol.toml"), "--show", "all"]) == 0
     out = capsys.readouterr().out
     assert "4 cell(s)" in out and "all reproduced" in out
+
+
+def test_exported_records_rebuild_the_same_leaderboard(tiny_results, tmp_path, capsys):
+    """What a published leaderboard commits (an `export` JSON) regenerates it byte-for-byte."""
+    res, suite = str(tiny_results / "res"), str(tiny_results / "tinyrep.toml")
+    rec = tmp_path / "records.json"
+    assert main(["export", "--suite", suite, "--results", res, "--out", str(rec)]) == 0
+    for fmt in ("md", "csv"):
+        a, b = tmp_path / f"a.{fmt}", tmp_path / f"b.{fmt}"
+        assert main(["leaderboard", "--suite", suite, "--results", res, "--out", str(a), "--generated-at", "T"]) == 0
+        assert main(["leaderboard", "--suite", suite, "--records", str(rec), "--out", str(b),
+                     "--generated-at", "T"]) == 0
+        assert a.read_bytes() == b.read_bytes() and len(a.read_bytes()) > 200
+    import json
+
+    rows = json.loads(rec.read_text())["rows"]
+    assert len(rows) == 4 and all("config" in r and "test_acc" in r for r in rows)

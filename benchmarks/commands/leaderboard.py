@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="write to this file (default: standard output)")
     p.add_argument("--primary", default=None, help="rank by this metric instead of the suite's primary score")
     p.add_argument("--higher-is-better", action="store_true", help="the primary score ranks high values first")
+    p.add_argument("--records", default=None,
+                   help="read the records from an `unlearnbench export` JSON file instead of --results")
     p.add_argument("--generated-at", default=None,
                    help="text of the 'Generated:' line (default: the current UTC time)")
     p.set_defaults(func=run)
@@ -39,18 +41,30 @@ def run(args: argparse.Namespace) -> int:
     from unlearnbench.reports.leaderboard import build, render
 
     fmt = args.format or (SUFFIX_FORMAT.get(Path(args.out).suffix.lower(), "md") if args.out else "md")
-    (sel,) = select(args)
-    primary = args.primary or (sel.suite.primary if sel.suite else "avg_gap")
+    if args.records:
+        from unlearnbench.benchmarks.suite import SuiteError, load_suite
+
+        from .export import load_rows
+
+        name, rows = load_rows(args.records)
+        try:
+            suite = load_suite(args.suite or name)
+        except SuiteError:
+            suite = None
+    else:
+        (sel,) = select(args)
+        name, rows, suite = sel.name, [r.row() for r in sel.records], sel.suite
+    primary = args.primary or (suite.primary if suite else "avg_gap")
     when = args.generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    lb = build([r.row() for r in sel.records], primary=primary, higher_is_better=args.higher_is_better,
-               metric_defs=metric_defs(), method_order=list(sel.suite.methods) if sel.suite else None,
-               generated_at=when, title=f"Leaderboard: suite {sel.name}")
+    lb = build(rows, primary=primary, higher_is_better=args.higher_is_better,
+               metric_defs=metric_defs(), method_order=list(suite.methods) if suite else None,
+               generated_at=when, title=f"Leaderboard: suite {name}")
     text = render(lb, fmt)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8", newline="")
-        print(f"wrote {out} ({fmt}, {len(lb.groups)} table group(s), {len(sel.records)} runs)", file=sys.stderr)
+        print(f"wrote {out} ({fmt}, {len(lb.groups)} table group(s), {len(rows)} runs)", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
