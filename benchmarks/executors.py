@@ -28,14 +28,18 @@ class Plan:
     skipped: list[tuple[CellSpec, str]] = field(default_factory=list)  # cannot run here, with the reason
 
 
-def plan(cells: Iterable[CellSpec], ctx: RunContext, store: Store, force: bool = False) -> Plan:
+def plan(cells: Iterable[CellSpec], ctx: RunContext, store: Store, force: bool = False,
+         allow_cpu: bool = False) -> Plan:
+    """Split cells into pending, finished (in the store) and skipped. ``allow_cpu`` runs datasets that the
+    suite marks ``requires = "cuda"`` on whatever device the context has (slow, but the same cells)."""
     cells = list(cells)
     suites = {c.suite for c in cells}
     finished = set() if force else {(s, k) for s in suites for k in store.finished_keys(s)}
     p = Plan([], 0)
     for cell in cells:
-        if cell.dataset.requires == "cuda" and ctx.device.type != "cuda":
-            p.skipped.append((cell, "needs a CUDA GPU (the suite marks this dataset requires = \"cuda\")"))
+        if cell.dataset.requires == "cuda" and ctx.device.type != "cuda" and not allow_cpu:
+            p.skipped.append((cell, "needs a CUDA GPU (the suite marks this dataset requires = \"cuda\"; "
+                                    "--allow-cpu runs it here anyway, slowly)"))
         elif (cell.suite, cell.key(ctx.device.type)) in finished:
             p.done += 1
         else:

@@ -291,8 +291,15 @@ def test_gpu_only_datasets_are_skipped_with_reason_on_cpu(tmp_path, capsys):
     s = tmp_path / "g.toml"
     s.write_text(_write_suite(tmp_path / "tmp.toml", '["original"]', "[0]").read_text().replace(
         'recipe = "r"', 'recipe = "r"\nrequires = "cuda"'))
-    assert main(["run", "--suite", str(s), "--results", str(tmp_path / "r"), "--quiet", "--device", "cpu"]) == 0
-    assert "needs a CUDA GPU" in capsys.readouterr().out
+    args = ["run", "--suite", str(s), "--results", str(tmp_path / "r"), "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "needs a CUDA GPU" in out and "--allow-cpu" in out and "0 to run, 1 skipped" in out
+    assert main(args + ["--allow-cpu"]) == 0  # the same cell, run on the CPU when asked
+    out = capsys.readouterr().out
+    assert "1 to run" in out and "skipped" not in out
+    with Store(tmp_path / "r") as st:
+        assert [r.status for r in st.records()] == ["ok"]
 
 
 def test_threaded_scoring_gives_the_sequential_results(tmp_path):

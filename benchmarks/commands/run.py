@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (with --executor ray)")
     p.add_argument("--force", action="store_true", help="re-run finished cells (results are appended)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="also run datasets the suite marks requires = \"cuda\" when no GPU is used (slow)")
     p.set_defaults(func=run)
 
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     counts = {"ok": 0, "not_applicable": 0, "failed": 0}
     t0 = time.perf_counter()
     with Store(args.results) as store:
-        todo = plan(cells, ctx, store, force=args.force)
+        todo = plan(cells, ctx, store, force=args.force, allow_cpu=args.allow_cpu)
         console.print(f"suite [bold]{suite.name}[/]: {len(cells)} cells on {device} — {todo.done} already finished, "
                       f"{len(todo.pending)} to run" + (f", {len(todo.skipped)} skipped" if todo.skipped else ""))
         for cell, why in todo.skipped[:3]:
