@@ -19,7 +19,7 @@ Choices the paper does not make (or that differ from its reference code), and wh
   methods tagged ``needs_heldout`` use held-out data as their "unseen" reference and some optimise
   the forget set to look like it, so evaluating against it would grade them on their own objective;
   no method ever sees test data. Every shadow trains on half of the pool, which is not the target's
-  training-set size; the test sample's cap makes them equal on subset recipes (mnist-sub2k: 2,000).
+  training-set size; the test sample's cap makes them equal on subset recipes (mnist-sub1k: 1,000).
 - Class requests: the unseen examples are the sampled test examples of the forgotten class (any
   other choice compares classes, not membership).
 - Gaussian fits: mean and unbiased standard deviation (the reference code uses the median and the
