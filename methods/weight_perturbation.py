@@ -39,14 +39,21 @@ Choices the paper does not make (we could read only its abstract), with the opti
   harness removes the forgotten class from it), one-sided with tolerance ``tol``.
 - A utility guard the abstract does not mention: a perturbed model can make everything look unseen,
   so the stop also needs held-out accuracy >= the original's - ``acc_tol``.
+- A divergence guard: starting at the recipe's peak lr from a perturbed network can blow up (the small
+  CNN on full MNIST, a class request: NaN weights within the first chunk on 2 of 3 seeds). A chunk that
+  leaves a non-finite weight is undone (weights and optimizer state from before it) and run again at
+  half the learning rate, for the rest of the descent; after ``max_backoffs`` such retries the descent
+  stops and the last finite model is returned (``gave_up`` = 1).
 
 Reported (``request.info``): ``rel_sigma`` used and calibration ``attempts`` (probe tests), ``chunks`` and retain
 ``epochs`` run, ``stopped_early`` (1/0), ``membership_auc`` after the perturbation (``perturbed_auc``) and
-at the end, ``initial_auc``, ``heldout_acc`` at the end and ``initial_heldout_acc``.
+at the end, ``initial_auc``, ``heldout_acc`` at the end and ``initial_heldout_acc``, ``lr_backoffs`` and
+``gave_up`` (the divergence guard).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -74,6 +81,8 @@ class WeightPerturbation(Method):
     lr_scale: float = param(1.0, "initial learning rate as a multiple of the recipe's peak lr (linear decay to 0)")
     tol: float = param(0.03, "forget looks unseen when the membership AUC (forget vs held-out) is <= 0.5 + tol")
     acc_tol: float = param(0.01, "the descent stops once held-out accuracy is also >= the original's - acc_tol")
+    max_backoffs: int = param(4, "a descent chunk that leaves non-finite weights is undone and retried at half "
+                              "the learning rate, at most this many times in all")
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         if request.heldout is None or len(request.heldout) == 0:
@@ -89,7 +98,7 @@ class WeightPerturbation(Method):
         info = request.info
         info.update(initial_auc=first.auc, membership_auc=first.auc, initial_heldout_acc=first.third_acc,
                     heldout_acc=first.third_acc, rel_sigma=0.0, attempts=0.0, perturbed_auc=first.auc,
-                    chunks=0.0, epochs=0.0, stopped_early=0.0)
+                    chunks=0.0, epochs=0.0, stopped_early=0.0, lr_backoffs=0.0, gave_up=0.0)
         if indistinguishable(first.auc, self.tol):
             info["stopped_early"] = 1.0
             return model
@@ -136,12 +145,24 @@ class WeightPerturbation(Method):
         gen = request.generator(1)
         total = request.budget.epochs(self.budget_frac * request.recipe.epochs)
         chunk = total / self.checks
-        done, chunks = 0.0, 0
+        done, chunks, backoffs, lr = 0.0, 0, 0, recipe.lr
         while done < total - 1e-9:
+            saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), gen.get_state())
             for g in opt.param_groups:  # linear decay to 0 over the step limit, constant within a chunk
-                g["lr"] = recipe.lr * (1.0 - done / total)
+                g["lr"] = lr * (1.0 - done / total)
             stats = fit(model, request.retain, recipe, seed=request.seed, epochs=min(chunk, total - done),
                         optimizer=opt, generator=gen, budget=request.budget)
+            if not all_finite(model):  # undo the chunk; retry at half the lr, or give up
+                model.load_state_dict(saved[0])
+                opt.load_state_dict(saved[1])
+                gen.set_state(saved[2])
+                if backoffs >= self.max_backoffs:
+                    info["gave_up"] = 1.0
+                    break
+                backoffs += 1
+                lr *= 0.5
+                info["lr_backoffs"] = float(backoffs)
+                continue
             done += stats.epochs_run  # whole steps: a chunk may run a little over its share
             chunks += 1
             last = probe.test(model)
@@ -150,6 +171,13 @@ class WeightPerturbation(Method):
                 info["stopped_early"] = float(done < total - 1e-9)
                 break
         return model
+
+
+@torch.no_grad()
+def all_finite(model: nn.Module) -> bool:
+    """Whether every parameter and buffer is finite (one host synchronisation)."""
+    flags = [torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 @torch.no_grad()

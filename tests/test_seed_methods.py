@@ -136,6 +136,20 @@ def test_weight_perturbation_stops_early_when_it_has_forgotten(memo_random):
     assert 0.25 < req.info["rel_sigma"] <= 2.0 and req.info["attempts"] > 1
 
 
+def test_weight_perturbation_undoes_a_diverged_chunk_and_halves_the_lr(memo_random):
+    """A descent that blows up (NaN weights) is undone and retried at half the lr; when even the last retry
+    diverges, the last finite model comes back. Never NaN outputs."""
+    ctx, cd, original, _ = memo_random
+    out, req = _unlearn("weight_perturbation", cd, original, lr_scale=300.0, budget_frac=0.5)
+    assert 1 <= req.info["lr_backoffs"] <= 4 and req.info["gave_up"] == 0.0 and req.info["chunks"] == 8.0, req.info
+    assert torch.isfinite(predict(out, cd.test)).all()
+    out, req = _unlearn("weight_perturbation", cd, original, lr_scale=1e4, budget_frac=0.5, max_backoffs=2)
+    assert req.info["lr_backoffs"] == 2.0 and req.info["gave_up"] == 1.0 and req.info["chunks"] == 0.0, req.info
+    assert torch.isfinite(predict(out, cd.test)).all()
+    out, req = _unlearn("weight_perturbation", cd, original)  # the default lr: no retry needed here
+    assert req.info["lr_backoffs"] == 0.0 and req.info["gave_up"] == 0.0
+
+
 # ------------------------------------------------------------------------------------- class forgetting
 
 
