@@ -40,7 +40,7 @@ Choices the paper does not make (we could read only its abstract), with the opti
 - A utility guard the abstract does not mention: a perturbed model can make everything look unseen,
   so the stop also needs held-out accuracy >= the original's - ``acc_tol``.
 - A divergence guard: starting at the recipe's peak lr from a perturbed network can blow up (the small
-  CNN on full MNIST, a class request: NaN weights within the first chunk on 2 of 3 seeds). A chunk that
+  CNN on full MNIST, a class request: NaN weights on seeds 0 and 2, the two tried). A chunk that
   leaves a non-finite weight is undone (weights and optimizer state from before it) and run again at
   half the learning rate, for the rest of the descent; after ``max_backoffs`` such retries the descent
   stops and the last finite model is returned (``gave_up`` = 1).
