@@ -40,10 +40,12 @@ Choices the paper does not make (we could read only its abstract), with the opti
 - A utility guard the abstract does not mention: a perturbed model can make everything look unseen,
   so the stop also needs held-out accuracy >= the original's - ``acc_tol``.
 - A divergence guard: starting at the recipe's peak lr from a perturbed network can blow up (the small
-  CNN on full MNIST, a class request: NaN weights on seeds 0 and 2, the two tried). A chunk that
-  leaves a non-finite weight is undone (weights and optimizer state from before it) and run again at
-  half the learning rate, for the rest of the descent; after ``max_backoffs`` such retries the descent
-  stops and the last finite model is returned (``gave_up`` = 1).
+  CNN on full MNIST, a class request: NaN weights on seeds 0 and 2; on seed 1 a collapse to one class,
+  held-out accuracy 0.13). A chunk that leaves a non-finite weight, or held-out accuracy at most
+  1.5 / C (C classes: a model that predicts one class), is undone (weights and optimizer state from
+  before it) and run again at half the learning rate, for the rest of the descent; after
+  ``max_backoffs`` such retries the descent stops and the last model before the failed chunk is
+  returned (``gave_up`` = 1).
 
 Reported (``request.info``): ``rel_sigma`` used and calibration ``attempts`` (probe tests), ``chunks`` and retain
 ``epochs`` run, ``stopped_early`` (1/0), ``membership_auc`` after the perturbation (``perturbed_auc``) and
@@ -81,8 +83,9 @@ class WeightPerturbation(Method):
     lr_scale: float = param(1.0, "initial learning rate as a multiple of the recipe's peak lr (linear decay to 0)")
     tol: float = param(0.03, "forget looks unseen when the membership AUC (forget vs held-out) is <= 0.5 + tol")
     acc_tol: float = param(0.01, "the descent stops once held-out accuracy is also >= the original's - acc_tol")
-    max_backoffs: int = param(4, "a descent chunk that leaves non-finite weights is undone and retried at half "
-                              "the learning rate, at most this many times in all")
+    max_backoffs: int = param(4, "a descent chunk that leaves non-finite weights or a collapsed model (held-out "
+                              "accuracy <= 1.5 / classes) is undone and retried at half the lr, at most this "
+                              "many times in all")
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         if request.heldout is None or len(request.heldout) == 0:
@@ -146,13 +149,15 @@ class WeightPerturbation(Method):
         total = request.budget.epochs(self.budget_frac * request.recipe.epochs)
         chunk = total / self.checks
         done, chunks, backoffs, lr = 0.0, 0, 0, recipe.lr
+        collapse_acc = 1.5 / request.num_classes  # held-out accuracy of a model that predicts (nearly) one class
         while done < total - 1e-9:
             saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), gen.get_state())
             for g in opt.param_groups:  # linear decay to 0 over the step limit, constant within a chunk
                 g["lr"] = lr * (1.0 - done / total)
             stats = fit(model, request.retain, recipe, seed=request.seed, epochs=min(chunk, total - done),
                         optimizer=opt, generator=gen, budget=request.budget)
-            if not all_finite(model):  # undo the chunk; retry at half the lr, or give up
+            probed = probe.test(model) if all_finite(model) else None
+            if probed is None or probed.third_acc <= collapse_acc:  # undo the chunk; retry at half the lr
                 model.load_state_dict(saved[0])
                 opt.load_state_dict(saved[1])
                 gen.set_state(saved[2])
@@ -165,7 +170,7 @@ class WeightPerturbation(Method):
                 continue
             done += stats.epochs_run  # whole steps: a chunk may run a little over its share
             chunks += 1
-            last = probe.test(model)
+            last = probed
             info.update(chunks=float(chunks), epochs=done, membership_auc=last.auc, heldout_acc=last.third_acc)
             if indistinguishable(last.auc, self.tol) and last.third_acc >= first.third_acc - self.acc_tol:
                 info["stopped_early"] = float(done < total - 1e-9)
