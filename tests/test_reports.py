@@ -428,3 +428,20 @@ def test_exported_records_rebuild_the_same_leaderboard(tiny_results, tmp_path, c
 
     rows = json.loads(rec.read_text())["rows"]
     assert len(rows) == 4 and all("config" in r and "test_acc" in r for r in rows)
+
+
+def test_exported_failure_reasons_carry_no_machine_paths():
+    from pathlib import Path
+
+    import unlearnbench.benchmarks.harness as harness
+    from unlearnbench.benchmarks.commands.export import portable_reason
+
+    here = Path(harness.__file__).resolve()
+    text = (f'Traceback (most recent call last):\n  File "{here}", line 470, in start_cell\n'
+            f'  File "/opt/x/lib/python3.11/site-packages/sklearn/metrics/_ranking.py", line 710, in f\n'
+            f'  File "/somewhere/else/script.py", line 1\nValueError: Input contains NaN.')
+    out = portable_reason(text)
+    assert 'File "unlearnbench/benchmarks/harness.py", line 470' in out
+    assert 'File "<site-packages>/sklearn/metrics/_ranking.py"' in out and 'File "script.py"' in out
+    assert str(here.parent) not in out and "/opt/" not in out and "/somewhere/" not in out
+    assert out.endswith("ValueError: Input contains NaN.")

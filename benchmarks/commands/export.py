@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -29,9 +30,33 @@ def _clean(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
+_TRACE_FILE = re.compile(r'File "([^"]+)"')
+
+
+def portable_reason(text: str) -> str:
+    """A failure reason with the traceback's file paths made machine-independent: a file of this package
+    becomes ``unlearnbench/<path in the package>``, one in an installed package ``<site-packages>/...``,
+    any other just its name (a published record must not carry the paths of the machine that ran it)."""
+    root = Path(__file__).resolve().parents[2]
+
+    def short(m: re.Match) -> str:
+        path = m.group(1)
+        try:
+            rel = Path(path).resolve().relative_to(root)
+            return f'File "unlearnbench/{rel.as_posix()}"'
+        except (ValueError, OSError):
+            pass
+        if "site-packages/" in path:
+            return f'File "<site-packages>/{path.split("site-packages/", 1)[1]}"'
+        return f'File "{Path(path).name}"'
+
+    return _TRACE_FILE.sub(short, text)
+
+
 def run(args: argparse.Namespace) -> int:
     (sel,) = select(args)
-    rows = [{k: _clean(v) for k, v in r.row().items() if k != "scores_file"} for r in sel.records]
+    rows = [{k: portable_reason(v) if k == "reason" and isinstance(v, str) else _clean(v)
+             for k, v in r.row().items() if k != "scores_file"} for r in sel.records]
     rows.sort(key=lambda r: (r["dataset"], r["model"], r["request"], r["method"], r["seed"], r["cell_key"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
