@@ -7,7 +7,9 @@ Every module here is imported by :func:`load_all`; a new attack is one new file 
 import importlib
 import pkgutil
 
-from .base import EvalContext, MetricError, MetricInfo, MetricResult, list_metrics, metric_info, register_metric
+from .base import (DIRECTIONS, KINDS, EvalContext, MetricError, MetricInfo, MetricResult, ValueSpec, declaration,
+                   declare_family, declare_measured, declared_families, declared_values, list_metrics, metric_info,
+                   register_derived, register_metric, register_part, value)
 
 _INFRASTRUCTURE = {"base"}
 _loaded = False
@@ -23,5 +25,6 @@ def load_all() -> None:
             importlib.import_module(f"{__name__}.{mod.name}")
 
 
-__all__ = ["EvalContext", "MetricError", "MetricInfo", "MetricResult", "list_metrics", "load_all", "metric_info",
-           "register_metric"]
+__all__ = ["DIRECTIONS", "KINDS", "EvalContext", "MetricError", "MetricInfo", "MetricResult", "ValueSpec", "declaration",
+           "declare_family", "declare_measured", "declared_families", "declared_values", "list_metrics", "load_all",
+           "metric_info", "register_derived", "register_metric", "register_part", "value"]

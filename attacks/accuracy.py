@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EvalContext, MetricResult, register_metric
+from .base import EvalContext, MetricResult, register_metric, value
 
 
 def _correct(ctx: EvalContext, part: str) -> np.ndarray:
     return (ctx.logits(part).argmax(1) == ctx.part(part).y).cpu().numpy()
 
 
-@register_metric("accuracy", produces=("retain_acc", "forget_acc", "test_acc", "UA", "test_acc_forgotten_class",
-                                        "test_acc_rest"),
-                 description="Acc on D_r, D_f, D_t; UA = 1 - forget_acc; class requests split test acc")
+_ACC = dict(kind="score", unit="fraction", family="accuracy")
+
+
+@register_metric("accuracy", produces=(
+    value("retain_acc", direction="higher", definition="accuracy on the retain set D_r", sample="D_r", **_ACC),
+    value("forget_acc", direction="closest", definition="accuracy on the forget set D_f (its target is retrain's "
+          "value, which generalisation keeps above 0 except for a forgotten class)", sample="D_f", **_ACC),
+    value("test_acc", direction="higher", definition="accuracy on the test split D_t", sample="D_t", **_ACC),
+    value("UA", direction="closest", definition="unlearning accuracy, 1 − forget_acc (SalUn's convention)",
+          sample="D_f", **_ACC),
+    value("test_acc_forgotten_class", direction="closest", definition="test accuracy on the forgotten class "
+          "(class requests; NaN otherwise)", sample="test images of the forgotten class", **_ACC),
+    value("test_acc_rest", direction="higher", definition="test accuracy on the other classes (class requests; "
+          "NaN otherwise)", sample="test images of the other classes", **_ACC)),
+    description="Acc on D_r, D_f, D_t; UA = 1 - forget_acc; class requests split test acc")
 def accuracy_metrics(ctx: EvalContext) -> MetricResult:
     forget = _correct(ctx, "forget")
     test = _correct(ctx, "test")

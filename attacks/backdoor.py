@@ -42,7 +42,7 @@ import torch
 from unlearnbench.datasets import DatasetError, ForgetSplit, ImageSet, Splits, hash_indices, register_request
 from unlearnbench.methods.training import predict
 
-from .base import EvalContext, MetricResult, register_metric
+from .base import EvalContext, MetricResult, register_metric, value
 
 TRIGGERS = ("badnets", "blended")
 BLENDED_ALPHA = 0.1
@@ -156,12 +156,27 @@ def der(asr_before: float, asr_after: float, ca_before: float, ca_after: float) 
     return (max(0.0, asr_before - asr_after) - max(0.0, ca_before - ca_after) + 1.0) / 2.0
 
 
-@register_metric("backdoor", produces=NAMES, device_bound=True,
+_BD = dict(kind="score", unit="fraction", family="backdoor",
+           sample="the test split: triggered = the non-target-class test images with the trigger stamped on")
+
+
+@register_metric("backdoor", produces=(
+    value("backdoor.asr", direction="lower", definition="attack success rate: triggered test images predicted as "
+          "the target", before="backdoor.asr_original", **_BD),
+    value("backdoor.clean_acc", direction="higher", definition="clean test accuracy", before="backdoor.clean_acc_original",
+          **_BD),
+    value("backdoor.robust_acc", direction="higher", definition="triggered test images predicted as their true "
+          "class", before="backdoor.robust_acc_original", **_BD),
+    value("backdoor.der", direction="higher", definition="defense effectiveness rating [max(0, ASR_orig − ASR) − "
+          "max(0, CA_orig − CA) + 1] / 2", **_BD),
+    *(value(f"backdoor.{n}_original", kind="diagnostic", direction="none", unit="fraction", family="backdoor",
+            definition=f"backdoor.{n} of the original model (before unlearning)", gap=False,
+            sample=_BD["sample"]) for n in ("asr", "clean_acc", "robust_acc"))), device_bound=True,
                  description="ASR (non-target triggered test images), clean and robust accuracy, DER; also for "
                              "the original model (NaN on non-backdoor requests)")
 def backdoor_metrics(ctx: EvalContext) -> MetricResult:
     if ctx.split.kind != "backdoor" or "trigger" not in ctx.split.extra:
-        return MetricResult({n: float("nan") for n in NAMES}, no_gap=frozenset(n for n in NAMES if n.endswith("_original")))
+        return MetricResult({n: float("nan") for n in NAMES})
     spec = ctx.split.extra["trigger"]
     rates, pred = backdoor_rates(ctx.model, ctx, spec, ctx.logits("test"))
     values = {"backdoor.asr": rates["asr"], "backdoor.clean_acc": rates["clean_acc"],
@@ -178,4 +193,4 @@ def backdoor_metrics(ctx: EvalContext) -> MetricResult:
         scores["backdoor.triggered_pred_original"] = orig_pred
     else:
         values.update({n: float("nan") for n in NAMES if n not in values})
-    return MetricResult(values, scores, no_gap=frozenset(n for n in NAMES if n.endswith("_original")))
+    return MetricResult(values, scores)

@@ -58,7 +58,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from unlearnbench.datasets import TensorData, hash_indices
 from unlearnbench.methods.training import predict
 
-from .base import EvalContext, MetricError, MetricResult, hash_str, register_metric
+from .base import EvalContext, MetricError, MetricResult, hash_str, register_metric, value
 from .shadows import balanced_memberships, load_shadow, resolve_mode, train_shadow_models
 
 MAX_SHADOWS = 256
@@ -300,9 +300,25 @@ def summarize(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 LIRA_NAMES = tuple(f"mia.lira_{v}_{s}" for v in VARIANTS for s in SUMMARIES)
+_VARIANT_TEXT = {"online": "online (IN and OUT Gaussians per example)", "offline": "offline (one-sided, OUT only)",
+                 "online_fixed": "online with one global variance", "offline_fixed": "offline with one global variance"}
+_SUMMARY_TEXT = {"auc": ("AUC", "ROC AUC"), "balacc": ("fraction", "best balanced accuracy over thresholds"),
+                 "tpr@1%fpr": ("fraction", "true-positive rate at 1% false-positive rate"),
+                 "tpr@0.1%fpr": ("fraction", "true-positive rate at 0.1% false-positive rate")}
+LIRA_SAMPLE = ("D_f (1) vs unseen test examples of the LiRA pool (0): a uniform test sample, or for a class request "
+               "its test examples of the forgotten class")
 
 
-@register_metric("mia.lira", produces=LIRA_NAMES, device_bound=True,
+def _lira_value(v: str, s: str):
+    unit, what = _SUMMARY_TEXT[s]
+    return value(f"mia.lira_{v}_{s}", "score", "closest", unit,
+                 f"LiRA {_VARIANT_TEXT[v]} likelihood-ratio test, {what}; the target is retrain's value",
+                 sample=LIRA_SAMPLE, family="membership",
+                 roc=("mia.lira.labels", f"mia.lira.{v}") if s == "auc" else None)
+
+
+@register_metric("mia.lira", produces=tuple(_lira_value(v, s) for v in VARIANTS for s in SUMMARIES),
+                 device_bound=True,
                  description="LiRA (Carlini et al. 2022), K shadows on halves of train pool + test sample; "
                              "online/offline, per-example/fixed variance; D_f (1) vs unseen test examples (0)")
 def lira(ctx: EvalContext) -> MetricResult:

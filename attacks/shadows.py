@@ -171,7 +171,7 @@ def _train_loop(make_model, data: TensorData, member: np.ndarray, recipe: Recipe
     for k, seed in enumerate(seeds):
         model = init_shadow(make_model, seed, device)
         idx = torch.as_tensor(np.flatnonzero(member[k]), device=data.device)
-        fit(model, data.subset(idx), recipe, seed=seed, epochs=epochs)
+        fit(model, data.subset(idx), recipe, seed=seed, epochs=epochs, ragged="drop")
         states.append({n: t.detach() for n, t in model.state_dict().items()})
     return states
 
@@ -179,7 +179,8 @@ def _train_loop(make_model, data: TensorData, member: np.ndarray, recipe: Recipe
 def _schedule(n: np.ndarray, batch: int, epochs: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per shadow: batches per epoch, total steps (as ``fit`` counts them) and the batch size at every
     step (0 once the shadow has finished), shape ``[T_max, K]``."""
-    # fit drops the ragged last batch of an epoch (a set smaller than one batch is one batch)
+    # shadows drop the ragged last batch of an epoch (fit's ragged="drop"; a set smaller than one batch is one
+    # batch), so that every step of every shadow has the same batch size
     per_epoch = np.where(n >= batch, n // batch, 1)
     total = np.maximum(1, np.ceil(epochs * per_epoch).astype(np.int64))
     t_max = int(total.max())

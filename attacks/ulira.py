@@ -52,7 +52,7 @@ from unlearnbench.datasets import hash_indices
 from unlearnbench.methods import create_method
 from unlearnbench.methods.training import predict
 
-from .base import EvalContext, MetricError, MetricResult, register_metric
+from .base import EvalContext, MetricError, MetricResult, register_metric, value
 from .lira import (gaussian_fits, lira_statistic, log_normal, metric_options, shadow_count, shadow_set, target_phi,
                    unseen_positions)
 from .shadows import init_shadow
@@ -134,7 +134,20 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.nan_to_num(scores, nan=-np.inf)))
 
 
-@register_metric("mia.ulira", produces=ULIRA_NAMES, device_bound=True,
+_ULIRA_TEXT = {"mia.ulira_auc": ("AUC", "ROC AUC of the log-likelihood ratio"),
+               "mia.ulira_acc": ("fraction", "balanced accuracy at the likelihood-ratio threshold 0"),
+               "mia.ulira_fixed_auc": ("AUC", "ROC AUC with one global variance per world"),
+               "mia.ulira_fixed_acc": ("fraction", "balanced accuracy at 0 with one global variance per world")}
+ULIRA_SAMPLE = ("D_f (1: trained, then unlearned) vs unseen test examples of the LiRA pool (0): a uniform sample of "
+                "size |D_f|, or for a class request every pool test example of the forgotten class")
+
+
+@register_metric("mia.ulira", produces=tuple(
+    value(n, "score", "closest", _ULIRA_TEXT[n][0], f"U-LiRA (Hayes et al. 2024), {_ULIRA_TEXT[n][1]}: shadows "
+          "trained then unlearned by the same method vs shadows that never saw the example; 0.5 = ideal",
+          sample=ULIRA_SAMPLE, family="membership",
+          roc=("mia.ulira.labels", "mia.ulira.score" if "fixed" not in n else "mia.ulira.score_fixed")
+          if n.endswith("auc") else None) for n in ULIRA_NAMES), device_bound=True,
                  description="U-LiRA (Hayes et al. 2024): shadows trained then unlearned by the method vs never "
                              "trained; D_f (1) vs unseen test examples (0); AUC and accuracy, 0.5 ideal")
 def ulira(ctx: EvalContext) -> MetricResult:

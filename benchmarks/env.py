@@ -66,3 +66,12 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
         "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
     })
     return env
+
+
+def timing_env(device: torch.device) -> dict[str, Any]:
+    """What must match for two wall times to be comparable: the device (name), the library versions, the
+    CPU thread count and the precision. Stored beside every cached model's training time."""
+    static = _static_env(str(device))
+    return {"device_type": device.type, "device_name": static["device_name"], "torch": static["torch"],
+            "torchvision": static["torchvision"], "cpu_threads": torch.get_num_threads() if device.type == "cpu"
+            else None, "precision": "bf16-autocast" if device.type == "cuda" else "fp32"}

@@ -29,31 +29,39 @@ import torch
 import torch.nn as nn
 
 from unlearnbench.attacks import EvalContext, metric_info
+from unlearnbench.attacks.costs import TIMER_FLOOR_S
+from unlearnbench.attacks.derived import gaps
 from unlearnbench.datasets import ForgetSplit, Splits, TensorData, build_request, build_splits
 from unlearnbench.methods import Budget, UnlearnRequest, create_method
+from unlearnbench.methods.cost import WorkCount, count_work, flops_of, per_example_flops
 from unlearnbench.methods.models import build_model, count_parameters, state_bytes
 from unlearnbench.methods.training import fit, prepare
 
-from .cache import ModelCache
-from .env import environment
+from . import validate
+from .cache import CacheEntryError, ModelCache
+from .env import environment, timing_env
 from .store import RunRecord
 from .suite import CellSpec, stable_hash
-
-AVG_GAP_OF = ("forget_acc", "retain_acc", "test_acc", "mia.svc_efficacy")
-
+from .validate import InputError
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; an unknown or unavailable device is an InputError (exit 2)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
+        raise InputError(f"--device {name} asked for, but torch sees no CUDA GPU here: use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 .. "
+                         f"cuda:{torch.cuda.device_count() - 1})")
     return torch.device(name)
 
 
-def setup_device(device: torch.device) -> None:
-    """Precision and determinism policy: fast on CUDA (cudnn.benchmark, TF32), deterministic on the CPU."""
+def setup_device(device: torch.device, cpu_threads: int | None = None) -> int | None:
+    """Precision and determinism policy: fast on CUDA (cudnn.benchmark, TF32), deterministic on the CPU with
+    ``cpu_threads`` intra-op threads (default ``$UNLEARNBENCH_CPU_THREADS``, else 1), which it returns (None on
+    CUDA). These settings are fixed per device type; the CPU thread count enters the cell key."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -61,8 +69,13 @@ def setup_device(device: torch.device) -> None:
     else:
         # One intra-op thread: CPU results then do not depend on the machine's core count (float reductions
         # split across threads round differently), and small models gain nothing from more threads.
-        torch.set_num_threads(int(os.environ.get("UNLEARNBENCH_CPU_THREADS", "1")))
+        threads = validate.cpu_threads() if cpu_threads is None else cpu_threads
+        if not validate.is_int(threads) or threads < 1:
+            raise InputError(f"cpu_threads must be a positive integer, got {threads!r}")
+        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
+        return threads
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -77,42 +90,29 @@ def sync(device: torch.device) -> None:
 
 
 class PeakMemory:
-    """Peak memory of a region: CUDA max_memory_allocated, or the process's resident-set peak on the CPU
-    (Linux: reset through /proc/self/clear_refs, read from VmHWM)."""
+    """Peak memory a region allocated on CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats``,
+    minus what was allocated when the region started (data and models already resident are not the
+    region's). On the CPU nothing is measured (NaN): there is no per-region allocation tracking, and the
+    process's resident set would count everything else the process holds."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.mib = float("nan")
+        self._start = 0
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            try:
-                with open("/proc/self/clear_refs", "w") as fh:
-                    fh.write("5")
-            except OSError:
-                pass
+            self._start = torch.cuda.memory_allocated(self.device)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self.mib = _rss_peak_mib()
+            self.mib = max(0, torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
 
 
-def _rss_peak_mib() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+CPU_MEMORY_NOTE = ("peak_mem_mib is not measured on the CPU (no per-method allocation tracking there; the process's "
+                   "resident set would count everything else the process holds)")
 
 
 class _Phases:
@@ -149,16 +149,21 @@ class RunContext:
     download: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache_dir: Path | None = None
+    cpu_threads: int | None = None  # CPU runs: torch threads (None: $UNLEARNBENCH_CPU_THREADS, else 1); in the cell key
+    cache_readonly: bool = False  # use the model cache without writing to it (a read-only folder)
     _data: dict = field(default_factory=dict, repr=False)
     _refs: dict = field(default_factory=dict, repr=False)
     _refs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     resident_models: int = 4  # original/reference models kept on the device between cells
+    retime_reference: bool = False  # re-time every retrain reference in this process (else: only incomparable ones)
     _models: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _timed: dict = field(default_factory=dict, repr=False)  # model key -> timing measured by this process
 
     def __post_init__(self) -> None:
         self.results_dir = Path(self.results_dir)
-        self.cache = ModelCache(Path(self.cache_dir) if self.cache_dir else self.results_dir / "cache" / "models")
-        setup_device(self.device)
+        self.cache = ModelCache(Path(self.cache_dir) if self.cache_dir else self.results_dir / "cache" / "models",
+                                readonly=self.cache_readonly)
+        self.cpu_threads = setup_device(self.device, self.cpu_threads)
 
     def splits(self, cell: CellSpec) -> Splits:
         return build_splits(cell.dataset.spec, self.data_root, self.download)
@@ -246,13 +251,15 @@ def prepare_cell(cell: CellSpec, ctx: RunContext) -> CellData:
 
 
 def _timed_build(device: torch.device, fn) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a model under the timer, the memory peak and the pass counter; the info stored beside it."""
     sync(device)
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, count_work() as work:
         t0 = time.perf_counter()
         model = fn()
         sync(device)
         elapsed = time.perf_counter() - t0
-    return model, {"train_time_s": elapsed, "peak_mem_mib": mem.mib}
+    return model, {"train_time_s": elapsed, "peak_mem_mib": mem.mib, "passes_fwd": work.fwd,
+                   "passes_bwd": work.bwd, "timing_env": timing_env(device)}
 
 
 def original_model(cd: CellData, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
@@ -289,15 +296,42 @@ def _cached(ctx: RunContext, key: str, cd: CellData, train) -> tuple[nn.Module, 
 def _load_or_build(ctx: RunContext, key: str, cd: CellData, train) -> tuple[nn.Module, dict[str, Any]]:
     if ctx.cache.has(key):
         model = cd.make_model()
-        info = ctx.cache.load(key, model)
-        model = prepare(model, cd.device)
-        model.eval()
-        return model, info
+        try:
+            info = ctx.cache.load(key, model)
+        except CacheEntryError:  # reported and removed by the cache: build it anew
+            pass
+        else:
+            model = prepare(model, cd.device)
+            model.eval()
+            return model, info
     model, info = _timed_build(cd.device, train)
-    info["device_name"] = environment(cd.device, cd.cell.seed)["device_name"]
+    info["device_name"] = info["timing_env"]["device_name"]
     ctx.cache.save(key, model, info)
+    ctx._timed[key] = {"time_s": info["train_time_s"], "peak_mem_mib": info["peak_mem_mib"]}
     model.eval()
     return model, info
+
+
+def reference_timing(cd: CellData, ctx: RunContext, original: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
+    """The retrain reference's time, comparable with times measured now: measured by this process (built or
+    re-timed here), or read from the cache when it was measured under the same timing environment (device
+    name, library versions, CPU threads, precision); otherwise -- or when ``ctx.retime_reference`` -- the
+    reference is trained again under the timer (its cached weights stay as they are)."""
+    key = cd.reference_key
+    if key in ctx._timed:
+        return {**ctx._timed[key], "in_run": True}
+    if not ctx.retime_reference and info.get("timing_env") == timing_env(cd.device):
+        return {"time_s": info["train_time_s"], "peak_mem_mib": info.get("peak_mem_mib", float("nan")),
+                "in_run": False}
+    retrain = create_method("retrain")
+
+    def train() -> nn.Module:
+        seed_everything(cd.cell.seed)
+        return retrain.unlearn(cd.request(copy.deepcopy(original), heldout=False))
+
+    _, timed = _timed_build(cd.device, train)
+    ctx._timed[key] = {"time_s": timed["train_time_s"], "peak_mem_mib": timed["peak_mem_mib"]}
+    return {**ctx._timed[key], "in_run": True}
 
 
 class Evaluation:
@@ -318,7 +352,6 @@ class Evaluation:
         self._host = [i for i in infos if not i.device_bound]
         self.values: dict[str, float] = {}
         self.scores: dict[str, np.ndarray] = {}
-        self.no_gap: set[str] = set()  # values of groups without a retrain reference
         self._lock = threading.Lock()
         self._device_done = self._host_done = False
 
@@ -327,9 +360,6 @@ class Evaluation:
             res = info.fn(self.ectx)
             self.values.update(res.values)
             self.scores.update(res.scores)
-            self.no_gap.update(res.no_gap)
-            if not info.reference:
-                self.no_gap.update(res.values)
 
     def device_stage(self) -> "Evaluation":
         with self._lock:
@@ -370,14 +400,6 @@ def reference_evaluation(cd: CellData, ctx: RunContext, reference: nn.Module, or
         return ctx._refs[key]
 
 
-def gaps(values: dict[str, float], ref: dict[str, float], no_gap: set[str] = frozenset()) -> dict[str, float]:
-    """``gap.m = |m(unlearned) - m(retrain)|`` for every value both have, and ``avg_gap`` (METRICS.md)."""
-    out = {f"gap.{k}": abs(values[k] - ref[k]) for k in sorted(values) if k in ref and k not in no_gap}
-    parts = [out.get(f"gap.{k}", float("nan")) for k in AVG_GAP_OF]
-    out["avg_gap"] = float(np.mean(parts)) if not any(math.isnan(p) for p in parts) else float("nan")
-    return out
-
-
 def _failed(record: RunRecord, exc: BaseException) -> tuple[RunRecord, dict[str, np.ndarray]]:
     record.status = "failed"
     record.reason = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=6))[-2000:]
@@ -412,7 +434,7 @@ class PendingCell:
             return _failed(record, exc)
         name = record.method
         values = dict(result.values)
-        values.update(gaps(result.values, ref.values, result.no_gap))
+        values.update(gaps(result.values, ref.values))
         values.update({k if k.startswith(name + ".") else f"{name}.{k}": float(v)
                        for k, v in {**self.request.info, **extra}.items()})
         values.update(self.costs)
@@ -427,14 +449,14 @@ def start_cell(cell: CellSpec, ctx: RunContext) -> PendingCell | tuple[RunRecord
     are not applicable or failed, else a :class:`PendingCell`."""
     device = ctx.device
     phase = _Phases(device)
-    cell_key = cell.key(device.type)
+    cell_key = cell.key(device.type, ctx.cpu_threads)
     method = create_method(cell.method, cell.method_params)
     env = environment(device, cell.seed)
     record = RunRecord(cell_key=cell_key, suite=cell.suite, dataset=cell.dataset.spec.display,
                        model=cell.dataset.model, request=cell.request.label, method=cell.method, seed=cell.seed,
                        status="ok", config=cell.config(), config_hash=cell_key, hashes={}, env=env)
     if device.type == "cpu":
-        env["peak_mem_note"] = "on the CPU, peak_mem_mib is the process's resident-set peak during unlearn"
+        env["peak_mem_note"] = CPU_MEMORY_NOTE
     cd = prepare_cell(cell, ctx)
     phase.mark("prepare")
     record.hashes = {**cd.splits.hashes, **cd.split.hashes, "original_model": cd.original_key,
@@ -448,15 +470,18 @@ def start_cell(cell: CellSpec, ctx: RunContext) -> PendingCell | tuple[RunRecord
     reference, ref_info = reference_model(cd, ctx, original)
     request = cd.request(copy.deepcopy(original), heldout="needs_heldout" in method.tags)
     try:
+        ref_time = reference_timing(cd, ctx, original, ref_info)
+        env["reference_timing"] = {**ref_info.get("timing_env", {}), "measured_in_run": ref_time["in_run"]}
         ref_eval = reference_evaluation(cd, ctx, reference, original).device_stage()
         phase.mark("reference")
         if cell.method == "retrain":  # the cached reference is this method's output; its cost was measured then
             model = reference
-            time_s, peak = ref_info["train_time_s"], ref_info["peak_mem_mib"]
+            time_s, peak = ref_time["time_s"], ref_time["peak_mem_mib"]
+            work = WorkCount(fwd=int(ref_info["passes_fwd"]), bwd=int(ref_info["passes_bwd"]))
         else:
             seed_everything(cell.seed)
             sync(device)
-            with PeakMemory(device) as mem:
+            with PeakMemory(device) as mem, count_work() as work:
                 t0 = time.perf_counter()
                 model = method.unlearn(request)
                 sync(device)
@@ -471,15 +496,30 @@ def start_cell(cell: CellSpec, ctx: RunContext) -> PendingCell | tuple[RunRecord
         phase.mark("evaluate")
     except Exception as exc:  # a failing method is recorded, not fatal for the suite
         return _failed(record, exc)
+    costs = cost_values(cd, original, model, time_s, peak, work, ref_time, ref_info, orig_info)
+    return PendingCell(record, method, request, model, original, evaluation, ref_eval, costs, phase)
+
+
+def cost_values(cd: CellData, original: nn.Module, model: nn.Module, time_s: float, peak: float, work: WorkCount,
+                ref_time: dict[str, Any], ref_info: dict[str, Any], orig_info: dict[str, Any]) -> dict[str, float]:
+    """The declared cost values of a cell (``attacks/costs.py``)."""
+    nan = float("nan")
+    ref_passes = float(ref_info["passes_fwd"] + ref_info["passes_bwd"])
+    did_work = work.passes > 0 or any(v > 0 for v in work.other.values())
     costs = {
         "time_s": float(time_s), "peak_mem_mib": float(peak),
-        "speedup_vs_retrain": float(ref_info["train_time_s"] / time_s) if time_s > 0 else float("inf"),
+        "speedup_vs_retrain": float(ref_time["time_s"] / time_s) if did_work and time_s >= TIMER_FLOOR_S else nan,
+        "passes_vs_retrain": ref_passes / work.passes if work.passes > 0 else nan,
+        "flops": flops_of(work, per_example_flops(original, cd.splits.image_shape)),
         "extra_params": float(count_parameters(model) - count_parameters(original)),
         "extra_bytes": float(state_bytes(model) - state_bytes(original)),
         "original_train_time_s": float(orig_info["train_time_s"]),
-        "retrain_time_s": float(ref_info["train_time_s"]),
+        "retrain_time_s": float(ref_time["time_s"]),
+        "retrain_time_in_run": float(ref_time["in_run"]),
+        "retrain_passes": ref_passes,
     }
-    return PendingCell(record, method, request, model, original, evaluation, ref_eval, costs, phase)
+    costs.update({k: float(v) for k, v in work.as_dict().items()})
+    return costs
 
 
 def run_cell(cell: CellSpec, ctx: RunContext) -> tuple[RunRecord, dict[str, np.ndarray]]:

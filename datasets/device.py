@@ -50,21 +50,27 @@ class TensorData:
         return x.float().div_(255.0)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                augment: bool = False, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(float images, labels)``; shuffling and augmentation draw from ``generator`` on the device."""
+                augment: bool = False, drop_last: bool = False, fold_last: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(float images, labels)``; shuffling and augmentation draw from ``generator`` on the device.
+
+        ``drop_last``: skip the ragged last batch. ``fold_last``: the last full batch takes the ragged rest
+        too (one batch of up to ``2 * batch_size - 1``), so every example is used once per pass while the
+        batch shapes stay two at most (a new shape costs a cuDNN autotuning pass on CUDA)."""
         n = len(self)
         order = torch.randperm(n, device=self.device, generator=generator) if shuffle else None
-        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        stop = n - n % batch_size if (drop_last or fold_last) and n >= batch_size else n
         for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            end = n if fold_last and start + 2 * batch_size > stop and stop < n else start + batch_size
+            idx = order[start:end] if order is not None else slice(start, end)
             xb = self.x[idx].float().div_(255.0)
             if augment and self.augment != "none":
                 xb = apply_augment(xb, self.augment, generator)
             yield xb, self.y[idx]
 
-    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+    def num_batches(self, batch_size: int, drop_last: bool = False, fold_last: bool = False) -> int:
         n = len(self)
-        if drop_last and n >= batch_size:
+        if (drop_last or fold_last) and n >= batch_size:
             return n // batch_size
         return -(-n // batch_size)
 

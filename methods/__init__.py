@@ -7,8 +7,8 @@ Every module in this package is imported by :func:`load_all`, so a new method is
 import importlib
 import pkgutil
 
-from .base import (Method, MethodError, UnlearnRequest, create_method, describe, method_class, method_names,
-                   param, register)
+from .base import (Method, MethodError, Search, UnlearnRequest, categorical, create_method, describe, int_range,
+                   linear_range, log_range, method_class, method_names, param, register, search_space)
 from .training import Budget, Recipe, accuracy, fit, predict
 
 _INFRASTRUCTURE = {"base", "models", "training"}
@@ -26,5 +26,6 @@ def load_all() -> None:
             importlib.import_module(f"{__name__}.{mod.name}")
 
 
-__all__ = ["Budget", "Method", "MethodError", "Recipe", "UnlearnRequest", "accuracy", "create_method", "describe",
-           "fit", "load_all", "method_class", "method_names", "param", "predict", "register"]
+__all__ = ["Budget", "Method", "MethodError", "Recipe", "Search", "UnlearnRequest", "accuracy", "categorical",
+           "create_method", "describe", "fit", "int_range", "linear_range", "load_all", "log_range", "method_class",
+           "method_names", "param", "predict", "register", "search_space"]

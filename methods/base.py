@@ -30,19 +30,85 @@ import torch
 import torch.nn as nn
 
 from unlearnbench.datasets import TensorData
+from unlearnbench.errors import UserError
 
 from .training import Budget, Recipe, device_generator
 
 TAGS = frozenset({"needs_heldout", "needs_relu_head", "class_only", "reference", "nondeterministic"})
 
 
-class MethodError(ValueError):
+class MethodError(UserError, ValueError):
     """Unknown method, bad hyperparameter, or a method that cannot serve a request."""
 
 
-def param(default: Any, doc: str, *, choices: tuple | None = None) -> Any:
-    """A hyperparameter field: its default, one line of doc, and optionally the allowed values."""
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+@dataclass(frozen=True)
+class Search:
+    """Where a hyperparameter may be searched (``unlearnbench tune``): a float range (``log`` or linear),
+    an integer range, or a list of categorical values. Declared with :func:`log_range`, :func:`linear_range`,
+    :func:`int_range` or :func:`categorical` in :func:`param`."""
+
+    kind: str  # "float" | "int" | "categorical"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    values: tuple = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("float", "int", "categorical"):
+            raise MethodError(f"search kind must be float, int or categorical, got {self.kind!r}")
+        if self.kind == "categorical":
+            if not self.values:
+                raise MethodError("a categorical search needs at least one value")
+            return
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise MethodError(f"a {self.kind} search needs low < high, got [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise MethodError(f"a log-scale search needs low > 0, got {self.low}")
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "categorical":
+            return value in self.values
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return "{" + ", ".join(repr(v) for v in self.values) + "}"
+        scale = "log" if self.log else "linear"
+        return f"[{self.low:g}, {self.high:g}] {scale}" + (" int" if self.kind == "int" else "")
+
+
+def log_range(low: float, high: float) -> Search:
+    """A float searched on a log scale in [low, high] (learning rates, penalty weights)."""
+    return Search("float", float(low), float(high), log=True)
+
+
+def linear_range(low: float, high: float) -> Search:
+    """A float searched uniformly in [low, high]."""
+    return Search("float", float(low), float(high))
+
+
+def int_range(low: int, high: int, log: bool = False) -> Search:
+    """An integer searched in [low, high] (log scale if ``log``)."""
+    return Search("int", int(low), int(high), log=log)
+
+
+def categorical(*values: Any) -> Search:
+    """One of ``values``."""
+    return Search("categorical", values=tuple(values))
+
+
+def param(default: Any, doc: str, *, choices: tuple | None = None, search: Search | None = None) -> Any:
+    """A hyperparameter field: its default, one line of doc, optionally the allowed values (``choices``)
+    and where ``unlearnbench tune`` may search it (``search``)."""
+    if search is not None and not isinstance(search, Search):
+        raise MethodError(f"param search must be a Search (log_range, linear_range, int_range, categorical), "
+                          f"got {search!r}")
+    return field(default=default, metadata={"doc": doc, "choices": choices, "search": search})
+
+
+def search_space(cls: type["Method"]) -> dict[str, Search]:
+    """The declared search ranges of a method's hyperparameters (field name -> :class:`Search`)."""
+    return {f.name: f.metadata["search"] for f in dataclasses.fields(cls) if f.metadata.get("search") is not None}
 
 
 @dataclass(frozen=True)
@@ -126,6 +192,10 @@ def register(name: str, *, tags: tuple[str, ...] | frozenset[str] = (), summary:
                 raise MethodError(f"method {name!r}: field {f.name!r} needs one line of doc (use param(default, doc))")
             if f.default is dataclasses.MISSING:
                 raise MethodError(f"method {name!r}: field {f.name!r} needs a default")
+            search = f.metadata.get("search")
+            if search is not None and not search.contains(f.default):
+                raise MethodError(f"method {name!r}: the default of {f.name!r} ({f.default!r}) lies outside its "
+                                  f"search range {search.describe()}")
         if "nondeterministic" in tags and not (tag_reasons or {}).get("nondeterministic"):
             raise MethodError(f"method {name!r}: tag 'nondeterministic' needs a reason in tag_reasons")
         cls.name = name
@@ -201,12 +271,13 @@ def create_method(name: str, overrides: dict[str, Any] | None = None) -> Method:
     return cls(**values)
 
 
-def describe(cls: type[Method]) -> list[tuple[str, str, Any, str]]:
-    """(field, type, default, doc) rows for ``unlearnbench list methods``."""
+def describe(cls: type[Method]) -> list[tuple[str, str, Any, str, str]]:
+    """(field, type, default, doc, search range or "") rows for ``unlearnbench list methods``."""
     hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
         t = hints[f.name]
         tname = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
-        rows.append((f.name, tname, f.default, f.metadata.get("doc", "")))
+        search = f.metadata.get("search")
+        rows.append((f.name, tname, f.default, f.metadata.get("doc", ""), search.describe() if search else ""))
     return rows

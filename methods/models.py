@@ -16,6 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unlearnbench.errors import UserError
+
+from .cost import record_forward
+
 
 class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
@@ -55,7 +59,9 @@ class Classifier(nn.Module):
         return self.body(self.normalize(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        out = self.head(self.features(x))
+        record_forward(x, out)  # example passes, counted while the harness measures a method (methods/cost.py)
+        return out
 
 
 # ------------------------------------------------------------------------------- ResNet-18
@@ -123,7 +129,7 @@ def _resnet18(shape, num_classes, width: int = 64, head_hidden: Sequence[int] = 
 MODELS: dict[str, Callable] = {"mlp": _mlp, "small_cnn": _small_cnn, "resnet18": _resnet18}
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     pass
 
 

@@ -22,12 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unlearnbench.datasets import TensorData
+from unlearnbench.errors import UserError
+
+from .cost import add_passes
 
 SCHEDULES = ("onecycle", "constant", "cosine", "linear")
 OPTIMIZERS = ("sgd", "adam")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     pass
 
 
@@ -163,21 +166,28 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, *, seed: int, epochs
         lr: float | None = None, loss_fn: LossFn | None = None, params: Iterable[nn.Parameter] | None = None,
         budget: Budget | None = None, post_step: Callable[[], None] | None = None,
         on_epoch_end: Callable[[int], bool] | None = None, generator: torch.Generator | None = None,
-        optimizer: torch.optim.Optimizer | None = None) -> FitStats:
+        optimizer: torch.optim.Optimizer | None = None, ragged: str = "fold") -> FitStats:
     """Train ``model`` in place over ``data``; ``epochs`` may be fractional (a partial last pass).
 
     ``loss_fn(model, x, y)`` defaults to cross-entropy with the recipe's label smoothing;
     ``on_epoch_end(epoch)`` returning True stops training (it may synchronise: once per epoch).
+    ``ragged``: ``fold`` (default) puts the ragged rest of an epoch into its last batch, so an epoch is
+    exactly ``len(data)`` examples; ``drop`` skips it (the batched shadow trainer's rule, which its loop
+    twin follows).
     """
+    if ragged not in ("fold", "drop"):
+        raise ValueError(f"fit: ragged must be 'fold' or 'drop', got {ragged!r}")
     device = data.device
     epochs = recipe.epochs if epochs is None else float(epochs)
     if budget is not None:
         epochs = budget.epochs(epochs)
     loss_fn = loss_fn or cross_entropy(recipe.label_smoothing)
     gen = generator if generator is not None else device_generator(device, seed)
-    # The ragged last batch is dropped (a fresh shuffle every epoch still covers every example): on CUDA each
-    # new batch shape would cost a cuDNN autotuning pass. A set smaller than one batch is one batch.
-    per_epoch = data.num_batches(recipe.batch_size, drop_last=True)
+    # The ragged rest of an epoch is folded into its last batch: every example is used once per epoch (so an
+    # epoch is exactly len(data) example passes), and on CUDA there are two batch shapes at most (each new
+    # shape costs a cuDNN autotuning pass). A set smaller than one batch is one batch.
+    fold = ragged == "fold"
+    per_epoch = data.num_batches(recipe.batch_size, fold_last=fold, drop_last=not fold)
     total = max(1, int(math.ceil(epochs * per_epoch)))
     opt = optimizer or make_optimizer(model.parameters() if params is None else params, recipe, lr)
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -186,7 +196,7 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, *, seed: int, epochs
     epoch = 0
     while stats.steps < total:
         for xb, yb in data.batches(recipe.batch_size, shuffle=True, generator=gen, augment=recipe.augment,
-                                   drop_last=True):
+                                   fold_last=fold, drop_last=not fold):
             f = lr_factor(stats.steps, total, recipe.schedule, recipe.warmup_frac)
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * f
@@ -261,6 +271,7 @@ def predict(model: nn.Module, data: TensorData | torch.Tensor, batch_size: int =
 def predict_features(model: nn.Module, data: TensorData | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Float32 penultimate features ``model.features(x)``."""
     x = data.x if isinstance(data, TensorData) else data
+    add_passes(fwd=x.shape[0])  # a features pass counts as a forward pass (the head is a small MLP)
     with eval_mode(model), autocast(x.device):
         return _batched_eval(lambda xb: model.features(_layout(xb, model)), x, batch_size)
 

@@ -318,9 +318,9 @@ def test_threaded_scoring_gives_the_sequential_results(tmp_path):
     assert [r.cell_key for r, _ in out[0]] == [c.key("cpu") for c in cells] == [r.cell_key for r, _ in out[2]]
     timing = ("time_s", "peak_mem_mib", "speedup_vs_retrain", "original_train_time_s", "retrain_time_s")
     for (a, sa), (b, sb) in zip(out[0], out[2]):
-        va = {k: v for k, v in a.metrics.items() if k not in timing and not k.startswith("cell.")}
-        vb = {k: v for k, v in b.metrics.items() if k not in timing and not k.startswith("cell.")}
-        assert va == vb
+        va = {k: repr(v) for k, v in a.metrics.items() if k not in timing and not k.startswith("cell.")}
+        vb = {k: repr(v) for k, v in b.metrics.items() if k not in timing and not k.startswith("cell.")}
+        assert va == vb  # repr: NaN equals NaN
         assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
 
 

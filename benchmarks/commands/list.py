@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
             cls = method_class(name)
             row = [name, ", ".join(sorted(cls.tags)), cls.summary]
             if args.verbose:
-                row.append("\n".join(f"{f} ({t}) = {d!r}: {doc}" for f, t, d, doc in describe(cls)))
+                row.append("\n".join(f"{f} ({t}) = {d!r}: {doc}" + (f" [search {rng}]" if rng else "")
+                                      for f, t, d, doc, rng in describe(cls)))
             table.add_row(*row)
     elif args.what == "datasets":
         from unlearnbench.datasets import list_sources
