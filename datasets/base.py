@@ -15,8 +15,10 @@ from typing import Callable
 
 import torch
 
+from unlearnbench.errors import UserError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserError, ValueError):
     """A dataset cannot be built as asked (missing files, unknown name, bad option)."""
 
 

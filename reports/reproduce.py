@@ -43,6 +43,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from unlearnbench.errors import UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -58,7 +60,7 @@ BUILTIN: dict[str, float] = {"time_s": INF, "speedup_vs_retrain": INF, "peak_mem
 FILTER_KEYS = ("suite", "dataset", "model", "request", "method", "seed", "status", "device")
 
 
-class ReproduceError(ValueError):
+class ReproduceError(UserError, ValueError):
     """A malformed tolerance file or cell filter; the message names the problem."""
 
 
