@@ -26,7 +26,7 @@ Metrics ``backdoor`` (test set only; triggered images are the non-target-class t
 trigger, so target-class images cannot inflate the ASR):
 ``backdoor.asr`` (triggered images predicted as the target), ``backdoor.clean_acc`` (clean test
 accuracy), ``backdoor.robust_acc`` (triggered images predicted as their true class), the same three
-for the original model (``..._original``, from ``ctx.extras["original_model"]``), and
+for the original model (``..._original``, from ``ctx.harness.original``), and
 ``backdoor.der = [max(0, ASR_orig − ASR) − max(0, CA_orig − CA) + 1] / 2``. On other requests the
 values are NaN.
 """
@@ -184,7 +184,7 @@ def backdoor_metrics(ctx: EvalContext) -> MetricResult:
     scores = {"backdoor.triggered_pred": pred,
               "backdoor.triggered_test_index": torch.nonzero(ctx.test.y != int(spec["target"])).flatten()
               .cpu().numpy()}
-    original = ctx.extras.get("original_model")
+    original = ctx.harness.original if ctx.harness is not None else None
     if original is not None:
         orig, orig_pred = backdoor_rates(original, ctx, spec)
         values.update({"backdoor.asr_original": orig["asr"], "backdoor.clean_acc_original": orig["clean_acc"],

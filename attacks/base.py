@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ import torch.nn as nn
 from unlearnbench.datasets import ForgetSplit, TensorData
 from unlearnbench.errors import UserError
 from unlearnbench.methods.training import predict
+
+if TYPE_CHECKING:
+    from .seam import CellHarness
 
 
 class MetricError(UserError, ValueError):
@@ -53,8 +56,9 @@ class EvalContext:
     num_classes: int
     seed: int
     batch_size: int = 1024
-    # handles for attacks that need more than one model (LiRA, U-LiRA); set by the harness
-    extras: dict[str, Any] = field(default_factory=dict)
+    # the harness, for attacks that need models of their own (LiRA, U-LiRA, backdoor's original model); see
+    # attacks/seam.py. None when a context is built by hand.
+    harness: CellHarness | None = None
     _logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _parts: dict[str, TensorData] = field(default_factory=dict, repr=False)
 

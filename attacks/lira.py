@@ -59,6 +59,7 @@ from unlearnbench.datasets import TensorData, hash_indices
 from unlearnbench.methods.training import predict
 
 from .base import EvalContext, MetricError, MetricResult, hash_str, register_metric, value
+from .seam import CellHarness, ModelStore
 from .shadows import balanced_memberships, load_shadow, resolve_mode, train_shadow_models
 
 MAX_SHADOWS = 256
@@ -83,7 +84,7 @@ def lira_statistic(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 def metric_options(ctx: EvalContext, name: str, defaults: dict[str, Any]) -> dict[str, Any]:
     """The suite's ``[metric_options."<name>"]`` merged over ``defaults``; unknown keys are an error."""
-    given = dict((ctx.extras.get("options") or {}).get(name, {}) or {})
+    given = dict(ctx.harness.options(name) or {}) if ctx.harness is not None else {}
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise MetricError(f"metric {name!r} has no option(s) {unknown}; it takes {sorted(defaults)}")
@@ -96,13 +97,11 @@ def shadow_count(value: Any, name: str) -> int:
     return value
 
 
-def harness_handles(ctx: EvalContext, name: str):
-    cd, rc = ctx.extras.get("cell_data"), ctx.extras.get("run_context")
-    if cd is None or rc is None:
-        raise MetricError(f"metric {name!r} trains shadow models and needs ctx.extras['cell_data'] and "
-                          "ctx.extras['run_context'] (the harness sets them); run it through "
-                          "unlearnbench.benchmarks.harness.run_cell")
-    return cd, rc
+def harness_of(ctx: EvalContext, name: str) -> CellHarness:
+    if ctx.harness is None:
+        raise MetricError(f"metric {name!r} trains shadow models and needs ctx.harness (attacks/seam.py; the harness "
+                          "sets it): run it through unlearnbench.benchmarks.harness.run_cell")
+    return ctx.harness
 
 
 # ------------------------------------------------------------------------------ shadow sets
@@ -120,7 +119,7 @@ class ShadowSet:
     phi: np.ndarray  # float64 [K, N]
     mode: str
     make_model: Callable[[], nn.Module]
-    cache: Any
+    cache: ModelStore
     device: torch.device
 
     @property
@@ -132,7 +131,7 @@ class ShadowSet:
         return cached_shadow(self.make_model, self.cache, self.shadow_keys[k])
 
 
-def cached_shadow(make_model: Callable[[], nn.Module], cache: Any, key: str) -> nn.Module:
+def cached_shadow(make_model: Callable[[], nn.Module], cache: ModelStore, key: str) -> nn.Module:
     model = make_model()  # on the device already
     cache.load(key, model)
     model.eval()
@@ -152,27 +151,23 @@ def _seed_list(seed: int, purpose: str, k: int) -> list[int]:
 def shadow_set(ctx: EvalContext, k: int, trainer: str, name: str = "mia.lira") -> ShadowSet:
     """The K shadow models of this cell's (dataset, model, recipe, seed): from memory, the cache, or
     trained now (only the missing ones)."""
-    cd, rc = harness_handles(ctx, name)
-    cache = rc.cache
-    d = cd.cell.dataset
-    seed = cd.cell.seed
-    n_train = len(cd.train)
+    h = harness_of(ctx, name)
+    cache, device, recipe, make_model = h.cache, h.device, h.recipe, h.fresh_model
+    seed = ctx.seed
+    n_train = len(ctx.train)
     rng = np.random.default_rng([int(seed) % (2**32), hash_str("lira-pool-test-sample")])
-    n_test = min(len(cd.test), n_train)
-    test_index = np.sort(rng.choice(len(cd.test), n_test, replace=False))
-    mode = resolve_mode(trainer, cd.make_model(), cd.device)
-    spec = {k_: v for k_, v in d.spec.as_dict().items() if k_ != "label"}
-    ingredients = {"data": cd.splits.fingerprint, "dataset": spec, "train_tag": cd.split.train_tag,
-                   "model": d.model, "model_options": d.model_options, "recipe": d.recipe.as_dict(), "seed": seed,
-                   "shadows": k, "pool": {"train": n_train, "test": hash_indices(test_index)}, "trainer": mode,
-                   "device_type": cd.device.type}
+    n_test = min(len(ctx.test), n_train)
+    test_index = np.sort(rng.choice(len(ctx.test), n_test, replace=False))
+    mode = resolve_mode(trainer, make_model(), device)
+    ingredients = {**h.model_ingredients, "shadows": k, "pool": {"train": n_train, "test": hash_indices(test_index)},
+                   "trainer": mode}
     set_key = cache.key("lirashadows", ingredients)
     memo = f"{cache.root}|{set_key}"
     if memo in _SETS:
         _SETS.move_to_end(memo)
         return _SETS[memo]
 
-    pool = cd.train.concat(cd.test.subset(torch.as_tensor(test_index, device=cd.device)))
+    pool = ctx.train.concat(ctx.test.subset(torch.as_tensor(test_index, device=device)))
     member = balanced_memberships(k, len(pool), np.random.default_rng([int(seed) % (2**32),
                                                                        hash_str(f"lira-membership-{k}")]))
     seeds = _seed_list(seed, f"lira-shadow-seeds-{k}", k)
@@ -188,22 +183,22 @@ def shadow_set(ctx: EvalContext, k: int, trainer: str, name: str = "mia.lira") -
         chunk = TRAIN_CHUNK[mode]
         for start in range(0, len(missing), chunk):
             part = missing[start:start + chunk]
-            states = train_shadow_models(cd.make_model, pool, member[part], d.recipe, [seeds[i] for i in part],
-                                         cd.device, mode=mode)
+            states = train_shadow_models(make_model, pool, member[part], recipe, [seeds[i] for i in part],
+                                         device, mode=mode)
             for i, state in zip(part, states):
-                cache.save(shadow_keys[i], load_shadow(cd.make_model, state, cd.device),
+                cache.save(shadow_keys[i], load_shadow(make_model, state, device),
                            {"kind": "lira shadow", "index": i, "shadows": k, "trainer": mode,
                             "train_size": int(member[i].sum())})
-        eval_bs = d.recipe.eval_batch_size
+        eval_bs = recipe.eval_batch_size
         phi = np.empty(member.shape, dtype=np.float64)
         for i in range(k):
-            model = cached_shadow(cd.make_model, cache, shadow_keys[i])
+            model = cached_shadow(make_model, cache, shadow_keys[i])
             phi[i] = lira_statistic(predict(model, pool, eval_bs), pool.y)
         tmp = phi_path.with_name(f".{phi_path.name}.tmp{os.getpid()}.npz")
         np.savez(tmp, phi=phi, member=member)
         os.replace(tmp, phi_path)
-    ss = ShadowSet(set_key, pool, n_train, test_index, member, seeds, shadow_keys, phi, mode, cd.make_model, cache,
-                   cd.device)
+    ss = ShadowSet(set_key, pool, n_train, test_index, member, seeds, shadow_keys, phi, mode, make_model, cache,
+                   device)
     _SETS[memo] = ss
     while len(_SETS) > _MEMO_SIZE:
         _SETS.popitem(last=False)

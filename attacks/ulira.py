@@ -41,29 +41,20 @@ Choices the paper does not make here: the halves design shared with LiRA (the pa
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import random
 
 import numpy as np
 import torch
 
 from unlearnbench.datasets import hash_indices
-from unlearnbench.methods import create_method
 from unlearnbench.methods.training import predict
 
 from .base import EvalContext, MetricError, MetricResult, register_metric, value
-from .lira import (gaussian_fits, lira_statistic, log_normal, metric_options, shadow_count, shadow_set, target_phi,
-                   unseen_positions)
+from .lira import (gaussian_fits, harness_of, lira_statistic, log_normal, metric_options, shadow_count, shadow_set,
+                   target_phi, unseen_positions)
 from .shadows import init_shadow
 
 ULIRA_NAMES = ("mia.ulira_auc", "mia.ulira_acc", "mia.ulira_fixed_auc", "mia.ulira_fixed_acc")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def target_examples(ctx: EvalContext, ss) -> tuple[np.ndarray, np.ndarray]:
@@ -78,11 +69,11 @@ def target_examples(ctx: EvalContext, ss) -> tuple[np.ndarray, np.ndarray]:
 
 def unlearned_shadow_phi(ctx: EvalContext, ss, method, targets: np.ndarray) -> np.ndarray:
     """φ on ``targets`` of every shadow after ``method`` unlearned S_k ∩ targets; ``[K, len(targets)]``."""
-    cd, rc = ctx.extras["cell_data"], ctx.extras["run_context"]
-    cache = rc.cache
+    h = harness_of(ctx, "mia.ulira")
+    cache = h.cache
     key = cache.key("ulira", {"shadows": ss.key, "method": method.name, "params": method.hyperparameters(),
-                              "targets": hash_indices(targets), "n_targets": len(targets), "kind": cd.split.kind,
-                              "forget_class": cd.split.forget_class, "max_epochs": cd.cell.max_epochs})
+                              "targets": hash_indices(targets), "n_targets": len(targets), "kind": ctx.split.kind,
+                              "forget_class": ctx.split.forget_class, "max_epochs": h.max_epochs})
     path = cache.root / f"{key}.npz"
     phi = np.full((ss.k, len(targets)), np.nan)
     done = np.zeros(ss.k, dtype=bool)
@@ -93,23 +84,20 @@ def unlearned_shadow_phi(ctx: EvalContext, ss, method, targets: np.ndarray) -> n
     if done.all():
         return phi
     pool = ss.pool
-    device = cd.device
-    eval_bs = cd.cell.dataset.recipe.eval_batch_size
+    device = h.device
+    eval_bs = h.recipe.eval_batch_size
     target_data = pool.subset(torch.as_tensor(targets, device=device))
     in_targets = np.zeros(len(pool), dtype=bool)
     in_targets[targets] = True
-    needs_heldout = "needs_heldout" in method.tags
     for k in np.flatnonzero(~done):
         model = ss.model(k)
         forget = np.flatnonzero(ss.member[k] & in_targets)
         retain = np.flatnonzero(ss.member[k] & ~in_targets)
         if len(forget) and len(retain):
-            req = cd.request(model, heldout=needs_heldout, forget=pool.subset(torch.as_tensor(forget, device=device)),
-                             retain=pool.subset(torch.as_tensor(retain, device=device)))
             seed = ss.seeds[k]
-            req = dataclasses.replace(req, seed=seed, new_model=lambda s=seed: init_shadow(cd.make_model, s, device))
-            _seed_everything(seed)
-            model = method.unlearn(req)
+            model = h.unlearn(method, model, forget=pool.subset(torch.as_tensor(forget, device=device)),
+                              retain=pool.subset(torch.as_tensor(retain, device=device)), seed=seed,
+                              new_model=lambda s=seed: init_shadow(h.fresh_model, s, device))
             model.eval()
         phi[k] = lira_statistic(predict(model, target_data, eval_bs), target_data.y)
         done[k] = True
@@ -156,12 +144,9 @@ def ulira(ctx: EvalContext) -> MetricResult:
     only = opts["methods"]
     if only is not None and (not isinstance(only, list) or not all(isinstance(m, str) for m in only)):
         raise MetricError(f"metric 'mia.ulira': methods must be a list of method names, got {only!r}")
-    if ctx.extras.get("role", "unlearned") == "reference":
-        method = create_method("retrain")
-    else:
-        method = ctx.extras.get("method")
-        if method is None:
-            raise MetricError("metric 'mia.ulira' needs the method in ctx.extras['method'] (the harness sets it)")
+    h = harness_of(ctx, "mia.ulira")
+    method = h.method
+    if h.role != "reference":
         if only is not None and method.name not in only:
             return MetricResult({n: float("nan") for n in ULIRA_NAMES})
     ss = shadow_set(ctx, k, opts["trainer"], name="mia.ulira")

@@ -13,9 +13,7 @@ budget, timing and memory accounting, scoring. Methods see an
 from __future__ import annotations
 
 import copy
-import math
-import os
-import random
+import dataclasses
 import threading
 import time
 import traceback
@@ -28,14 +26,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from unlearnbench.attacks import EvalContext, metric_info
+from unlearnbench.attacks import EvalContext, MetricError, metric_info
 from unlearnbench.attacks.costs import TIMER_FLOOR_S
 from unlearnbench.attacks.derived import gaps
 from unlearnbench.datasets import ForgetSplit, Splits, TensorData, build_request, build_splits
 from unlearnbench.methods import Budget, UnlearnRequest, create_method
 from unlearnbench.methods.cost import WorkCount, count_work, flops_of, per_example_flops
 from unlearnbench.methods.models import build_model, count_parameters, state_bytes
-from unlearnbench.methods.training import fit, prepare
+from unlearnbench.methods.training import fit, prepare, seed_everything
 
 from . import validate
 from .cache import CacheEntryError, ModelCache
@@ -76,12 +74,6 @@ def setup_device(device: torch.device, cpu_threads: int | None = None) -> int | 
         torch.use_deterministic_algorithms(True, warn_only=True)
         return threads
     return None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def sync(device: torch.device) -> None:
@@ -202,6 +194,7 @@ class CellData:
     original_key: str
     reference_key: str
     device: torch.device
+    ingredients: dict[str, Any] = field(default_factory=dict)  # what determines the original model (cache keys)
 
     def make_model(self) -> nn.Module:
         """The architecture with the seeded initialisation the original model started from."""
@@ -247,7 +240,8 @@ def prepare_cell(cell: CellSpec, ctx: RunContext) -> CellData:
                                                "max_epochs": cell.max_epochs})
     return CellData(cell=cell, splits=splits, split=split, train=train, forget=train.subset(forget_idx),
                     retain=train.subset(retain_idx), test=data["test"], heldout=data["heldout"], mean=data["mean"],
-                    std=data["std"], original_key=original_key, reference_key=reference_key, device=ctx.device)
+                    std=data["std"], original_key=original_key, reference_key=reference_key, device=ctx.device,
+                    ingredients=ingredients)
 
 
 def _timed_build(device: torch.device, fn) -> tuple[nn.Module, dict[str, Any]]:
@@ -334,19 +328,70 @@ def reference_timing(cd: CellData, ctx: RunContext, original: nn.Module, info: d
     return {**ctx._timed[key], "in_run": True}
 
 
+class CellHarness:
+    """The harness side of ``attacks/seam.py``'s :class:`~unlearnbench.attacks.seam.CellHarness` protocol:
+    what attacks that need models of their own may ask about the cell they score."""
+
+    def __init__(self, cd: CellData, ctx: RunContext, method=None, role: str = "unlearned",
+                 original: nn.Module | None = None):
+        self._cd, self._ctx, self._method, self.role, self.original = cd, ctx, method, role, original
+
+    @property
+    def device(self) -> torch.device:
+        return self._cd.device
+
+    @property
+    def recipe(self):
+        return self._cd.cell.dataset.recipe
+
+    @property
+    def cache(self) -> ModelCache:
+        return self._ctx.cache
+
+    @property
+    def model_ingredients(self) -> dict[str, Any]:
+        return dict(self._cd.ingredients)
+
+    @property
+    def max_epochs(self) -> float | None:
+        return self._cd.cell.max_epochs
+
+    @property
+    def method(self):
+        if self.role == "reference":
+            return create_method("retrain")
+        if self._method is None:
+            raise MetricError("this metric needs the evaluated method: score through the harness "
+                              "(evaluate(..., method=...)) or run_cell")
+        return self._method
+
+    def options(self, metric: str) -> dict[str, Any]:
+        return dict(self._cd.cell.metric_options.get(metric, {}) or {})
+
+    def fresh_model(self) -> nn.Module:
+        return self._cd.make_model()
+
+    def unlearn(self, method, model: nn.Module, *, forget: TensorData, retain: TensorData, seed: int,
+                new_model) -> nn.Module:
+        req = self._cd.request(model, heldout="needs_heldout" in method.tags, forget=forget, retain=retain)
+        req = dataclasses.replace(req, seed=seed, new_model=new_model)
+        seed_everything(seed)
+        return method.unlearn(req)
+
+
 class Evaluation:
     """Scoring one model with a cell's metric groups, in two stages: ``device_stage`` (main thread:
     computes the logits every group reads and runs the device-bound groups, e.g. shadow-model attacks)
     and ``host_stage`` (host-only groups such as scikit-learn attacks on those logits; safe on a worker
-    thread because it never runs a model). ``result`` runs whatever has not run yet."""
+    thread because it never runs a model). ``result`` runs whatever has not run yet. ``method``, ``role``
+    (``unlearned`` | ``reference``) and ``original`` reach attacks through :class:`CellHarness`."""
 
-    def __init__(self, model: nn.Module, cd: CellData, ctx: RunContext, metrics: tuple[str, ...],
-                 extras: dict[str, Any] | None = None):
+    def __init__(self, model: nn.Module, cd: CellData, ctx: RunContext, metrics: tuple[str, ...], *,
+                 method=None, role: str = "unlearned", original: nn.Module | None = None):
         self.ectx = EvalContext(model=model, train=cd.train, forget=cd.forget, retain=cd.retain, test=cd.test,
                                 heldout=cd.heldout, split=cd.split, num_classes=cd.splits.num_classes,
                                 seed=cd.cell.seed, batch_size=cd.cell.dataset.recipe.eval_batch_size,
-                                extras={"options": cd.cell.metric_options, "cell_data": cd, "run_context": ctx,
-                                        **(extras or {})})
+                                harness=CellHarness(cd, ctx, method, role, original))
         infos = [metric_info(m) for m in metrics]
         self._device = [i for i in infos if i.device_bound]
         self._host = [i for i in infos if not i.device_bound]
@@ -384,10 +429,10 @@ class Evaluation:
         return self.device_stage().host_stage()
 
 
-def evaluate(model: nn.Module, cd: CellData, ctx: RunContext, metrics: tuple[str, ...],
-             extras: dict[str, Any] | None = None) -> Evaluation:
+def evaluate(model: nn.Module, cd: CellData, ctx: RunContext, metrics: tuple[str, ...], *, method=None,
+             role: str = "unlearned", original: nn.Module | None = None) -> Evaluation:
     """Score ``model`` with the metric groups ``metrics`` (both stages, on this thread)."""
-    return Evaluation(model, cd, ctx, metrics, extras).result()
+    return Evaluation(model, cd, ctx, metrics, method=method, role=role, original=original).result()
 
 
 def reference_evaluation(cd: CellData, ctx: RunContext, reference: nn.Module, original: nn.Module) -> Evaluation:
@@ -395,8 +440,7 @@ def reference_evaluation(cd: CellData, ctx: RunContext, reference: nn.Module, or
     key = (cd.reference_key, cd.cell.metrics, stable_hash(cd.cell.metric_options), cd.cell.request.label)
     with ctx._refs_lock:
         if key not in ctx._refs:
-            ctx._refs[key] = Evaluation(reference, cd, ctx, cd.cell.metrics,
-                                        {"role": "reference", "original_model": original})
+            ctx._refs[key] = Evaluation(reference, cd, ctx, cd.cell.metrics, role="reference", original=original)
         return ctx._refs[key]
 
 
@@ -491,8 +535,8 @@ def start_cell(cell: CellSpec, ctx: RunContext) -> PendingCell | tuple[RunRecord
             raise TypeError(f"{cell.method}.unlearn returned {type(model).__name__}, not an nn.Module")
         model.eval()
         phase.mark("unlearn")
-        evaluation = Evaluation(model, cd, ctx, cell.metrics, {"method": method, "role": "unlearned",
-                                                               "original_model": original}).device_stage()
+        evaluation = Evaluation(model, cd, ctx, cell.metrics, method=method, role="unlearned",
+                                original=original).device_stage()
         phase.mark("evaluate")
     except Exception as exc:  # a failing method is recorded, not fatal for the suite
         return _failed(record, exc)

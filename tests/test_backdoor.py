@@ -125,8 +125,8 @@ def digits_backdoor(tmp_path_factory):
 def test_retrain_removes_the_backdoor_that_the_original_learned(digits_backdoor):
     ctx, cd, original = digits_backdoor
     reference, _ = reference_model(cd, ctx, original)
-    orig = evaluate(original, cd, ctx, ("backdoor",), {"original_model": original})
-    ret = evaluate(reference, cd, ctx, ("backdoor",), {"original_model": original})
+    orig = evaluate(original, cd, ctx, ("backdoor",), original=original)
+    ret = evaluate(reference, cd, ctx, ("backdoor",), original=original)
     o, r = orig.values, ret.values
     assert o["backdoor.asr"] >= 0.9 and o["backdoor.asr"] == o["backdoor.asr_original"]
     assert o["backdoor.der"] == pytest.approx(0.5)  # no change, no credit
@@ -144,7 +144,7 @@ def test_retrain_removes_the_backdoor_that_the_original_learned(digits_backdoor)
 
 def test_backdoor_metrics_are_nan_on_other_requests(tmp_path):
     ctx, cd, original = tiny_cell_data(tmp_path, metrics=["accuracy", "backdoor"])
-    res = evaluate(original, cd, ctx, ("backdoor",), {"original_model": original}).values
+    res = evaluate(original, cd, ctx, ("backdoor",), original=original).values
     assert res and all(math.isnan(v) for v in res.values())
 
 
@@ -158,8 +158,8 @@ def _mnist_backdoor(tmp_path, data_root, device: str, trigger: str, dataset: dic
     reference, _ = reference_model(cd, ctx, original)
     clean = cd.make_model()
     fit(clean, TensorData.from_imageset(cd.splits.train, device), Recipe.from_dict(recipe), seed=cd.cell.seed)
-    o = evaluate(original, cd, ctx, ("backdoor",), {"original_model": original}).values
-    r = evaluate(reference, cd, ctx, ("backdoor",), {"original_model": original}).values
+    o = evaluate(original, cd, ctx, ("backdoor",), original=original).values
+    r = evaluate(reference, cd, ctx, ("backdoor",), original=original).values
     return o, r, accuracy(clean, cd.test)
 
 

@@ -14,7 +14,7 @@ import unlearnbench.attacks.lira as lira_mod
 from unlearnbench.attacks.lira import (LIRA_NAMES, gaussian_fits, lira_scores, lira_statistic, shadow_set,
                                        summarize)
 from unlearnbench.attacks.shadows import ShadowError, balanced_memberships, resolve_mode, train_shadow_models
-from unlearnbench.benchmarks.harness import evaluate, prepare_cell, reference_model
+from unlearnbench.benchmarks.harness import CellHarness, evaluate, prepare_cell, reference_model
 from unlearnbench.datasets import DatasetSpec, TensorData, build_splits
 from unlearnbench.methods import create_method
 from unlearnbench.methods.models import build_model
@@ -179,8 +179,7 @@ def setup(tmp_path_factory):
 
 def _eval(setup, model, role, metrics, method="original"):
     ctx, cd, original, _ = setup
-    return evaluate(model, cd, ctx, metrics, {"role": role, "method": create_method(method),
-                                               "original_model": original})
+    return evaluate(model, cd, ctx, metrics, role=role, method=create_method(method), original=original)
 
 
 def test_lira_attacks_the_original_and_not_retrain(setup):
@@ -227,7 +226,7 @@ def _ectx(setup, model):
     ctx, cd, original, _ = setup
     return EvalContext(model=model, train=cd.train, forget=cd.forget, retain=cd.retain, test=cd.test,
                        heldout=cd.heldout, split=cd.split, num_classes=cd.splits.num_classes, seed=cd.cell.seed,
-                       extras={"options": cd.cell.metric_options, "cell_data": cd, "run_context": ctx})
+                       harness=CellHarness(cd, ctx, original=original))
 
 
 def test_ulira_detects_no_unlearning_and_not_retrain(setup):
@@ -259,8 +258,8 @@ def test_ulira_methods_option_skips_other_methods(setup):
     from dataclasses import replace
 
     cd2.cell = replace(cd.cell, metric_options={"mia.ulira": {"shadows": K, "methods": ["retrain"]}})
-    res = evaluate(original, cd2, ctx, ("mia.ulira",), {"role": "unlearned", "method": create_method("original"),
-                                                         "original_model": original}).values
+    res = evaluate(original, cd2, ctx, ("mia.ulira",), role="unlearned", method=create_method("original"),
+                   original=original).values
     assert all(math.isnan(v) for v in res.values())
 
 
@@ -307,7 +306,7 @@ def test_lira_on_a_class_request_compares_with_unseen_images_of_that_class(setup
                        metrics=["accuracy", "mia.lira"], metric_options={"mia.lira": {"shadows": K}})
     cdc = prepare_cell(suite.cells()[0], ctx)
     assert cdc.original_key == cd.original_key  # same training data: same original, same shadows
-    res = evaluate(original, cdc, ctx, ("mia.lira",), {"role": "unlearned", "original_model": original})
+    res = evaluate(original, cdc, ctx, ("mia.lira",), role="unlearned", original=original)
     labels, pos = res.scores["mia.lira.labels"], res.scores["mia.lira.pool_index"]
     n_train = len(cdc.train)
     ss = lira_mod._SETS[next(reversed(lira_mod._SETS))]
