@@ -254,6 +254,33 @@ def _context():
     return multiprocessing.get_context("spawn")
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: the worker ends when the process that made the pool ends, however it ends (a
+    SIGKILL'd parent cannot shut its pool down; without this its workers would sleep forever). Linux:
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; everywhere: a watcher thread that polls the parent's PID."""
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_jobs(fn: Callable[[dict[str, Any]], dict[str, Any]], jobs: Sequence[dict[str, Any]], workers: int = 1,
              min_jobs_per_worker: int = 8) -> list[dict[str, Any]]:
     """``[fn(job) for job in jobs]``, in worker processes when ``workers`` > 1 and there is enough work
@@ -262,5 +289,6 @@ def run_jobs(fn: Callable[[dict[str, Any]], dict[str, Any]], jobs: Sequence[dict
     if n_workers <= 1:
         return [fn(job) for job in jobs]
     chunk = max(1, len(jobs) // (4 * n_workers))
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=_context()) as pool:
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=_context(), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         return list(pool.map(fn, jobs, chunksize=chunk))
