@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from unlearnbench.datasets import TensorData
 
 from .base import Method, MethodError, UnlearnRequest, param
+from .cost import add_passes
 from .training import Budget, LossFn, Recipe, device_generator, fit, forward, make_optimizer
 
 
@@ -217,12 +218,14 @@ def fisher_diagonal(model: nn.Module, data: TensorData, *, kind: str = "empirica
         for xb, yb in data.batches(chunk):
             if kind == "empirical":
                 g = per_example(params, xb, yb)
+                add_passes(fwd=len(yb), bwd=len(yb))  # vmap is not counted by the network: one grad per example
                 for name in names:
                     acc[name] += g[name].float().pow(2).sum(0)
             else:
                 with torch.no_grad():
                     prob = F.softmax(functional_call(model, (params, buffers), (xb,)).float(), dim=1)  # [B, C]
                 jac = per_example(params, xb)  # name -> [B, C, *shape]
+                add_passes(fwd=len(yb), bwd=len(yb) * prob.shape[1])  # a Jacobian of C outputs: C backward passes
                 for name in names:
                     j = jac[name].float().pow(2)
                     acc[name] += torch.einsum("bc,bc...->...", prob, j)
