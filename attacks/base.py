@@ -142,6 +142,8 @@ class ValueSpec:
     - ``roc``: the per-example arrays ``(labels, scores)`` behind an AUC (for ROC curves).
     - ``before``: the name of the same quantity measured on the original model (e.g. ASR before).
     - ``table``: shown in the Markdown/HTML/LaTeX tables (False: in the CSV only).
+    - ``reproducible``: a re-run of the cell gives it again (False for wall times, memory peaks and where a
+      time was measured: ``unlearnbench reproduce`` does not compare those).
     """
 
     name: str
@@ -155,6 +157,7 @@ class ValueSpec:
     roc: tuple[str, str] | None = None
     before: str | None = None
     table: bool = True
+    reproducible: bool = True
     group: str = ""  # the registered group that produces it (set at registration)
 
     def __post_init__(self) -> None:

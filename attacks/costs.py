@@ -31,10 +31,11 @@ _COST = dict(kind="cost", gap=False)
 
 declare_measured("cost", description="what the unlearn call used, measured by the harness", produces=(
     value("time_s", direction="lower", unit="s", family="time", definition="synchronised wall time of the "
-          "method's unlearn call alone (not evaluation)", **_COST),
+          "method's unlearn call alone (not evaluation)", reproducible=False, **_COST),
     value("speedup_vs_retrain", direction="higher", unit="×", family="time", definition="retrain's time_s / the "
           "method's, from comparable times only (same device name, library versions, CPU threads, precision); "
-          f"empty for methods that do no counted work or take under {TIMER_FLOOR_S * 1e3:g} ms", **_COST),
+          f"empty for methods that do no counted work or take under {TIMER_FLOOR_S * 1e3:g} ms", reproducible=False,
+          **_COST),
     value("passes_fwd", direction="lower", unit="passes", family="work", definition="forward example passes through "
           "the network during the call (every forward: training, probes, teachers)", **_COST),
     value("passes_bwd", direction="lower", unit="passes", family="work", definition="backward example passes through "
@@ -45,7 +46,8 @@ declare_measured("cost", description="what the unlearn call used, measured by th
     value("passes_vs_retrain", direction="higher", unit="×", family="work", definition="retrain's example passes "
           "(forward + backward) / the method's; empty for methods that do no pass", **_COST),
     value("peak_mem_mib", direction="lower", unit="MiB", family="memory", definition="CUDA: peak memory allocated "
-          "during the call above what was allocated at its start; CPU: not measured (empty)", **_COST),
+          "during the call above what was allocated at its start; CPU: not measured (empty)", reproducible=False,
+          **_COST),
     value("extra_params", direction="lower", unit="parameters", family="storage", definition="parameters a "
           "deployment stores beyond the original model's", **_COST),
     value("extra_bytes", direction="lower", unit="bytes", family="storage", definition="bytes a deployment stores "
@@ -55,14 +57,15 @@ declare_measured("cost", description="what the unlearn call used, measured by th
 declare_measured("reference_cost", description="the cost of the cell's original and retrain models, for context",
                  produces=(
     value("retrain_time_s", kind="diagnostic", direction="none", unit="s", gap=False, table=False,
-          definition="the retrain reference's training time used for speedup_vs_retrain"),
+          definition="the retrain reference's training time used for speedup_vs_retrain", reproducible=False),
     value("retrain_time_in_run", kind="diagnostic", direction="none", unit="0/1", gap=False, table=False,
           definition="1 if that retrain time was measured by this process (trained or re-timed here), 0 if it was "
-                     "read from the model cache (comparable: same device name, library versions, threads)"),
+                     "read from the model cache (comparable: same device name, library versions, threads)",
+          reproducible=False),
     value("retrain_passes", kind="diagnostic", direction="none", unit="passes", gap=False, table=False,
           definition="the retrain reference's example passes (forward + backward)"),
     value("original_train_time_s", kind="diagnostic", direction="none", unit="s", gap=False, table=False,
-          definition="the original model's training time (when it was built)"),
+          definition="the original model's training time (when it was built)", reproducible=False),
 ))
 
 declare_family("work.", value("work.<unit>", "cost", "lower", "<unit>", "work that is not a network pass, counted "
@@ -70,4 +73,4 @@ declare_family("work.", value("work.<unit>", "cost", "lower", "<unit>", "work th
                               gap=False, family="work"))
 declare_family("cell.", value("cell.<phase>_s", "diagnostic", "none", "s", "wall time of a phase of the cell in the "
                               "harness (prepare, original, reference, unlearn, evaluate, report, total)", gap=False,
-                              table=False))
+                              table=False, reproducible=False))

@@ -75,8 +75,11 @@ class Tolerances:
     table: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def merge(cls, *layers: Mapping[str, float]) -> "Tolerances":
+    def merge(cls, *layers: Mapping[str, float], not_reproducible: Iterable[str] = ()) -> "Tolerances":
+        """``not_reproducible``: names whose declaration says a re-run cannot give them again (wall times,
+        memory peaks, where a time was measured): not compared unless a layer says otherwise."""
         merged: dict[str, float] = dict(BUILTIN)
+        merged.update({str(n): INF for n in not_reproducible})
         for layer in layers:
             merged.update({str(k): float(v) for k, v in (layer or {}).items()})
         return cls(merged)

@@ -36,6 +36,9 @@ agreement is meaningful. Timing and memory are never compared.
 """
 
 
+from unlearnbench.benchmarks.validate import device_arg, positive_int_arg
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="re-run stored cells and compare every metric within tolerances",
                        description="Re-run stored runs from their recorded configs (fresh model cache, same device, "
@@ -48,12 +51,12 @@ def add_parser(sub) -> None:
     p.add_argument("--cells", action="append", default=None, metavar="FILTER",
                    help="which stored cells to re-run (see below; default: all)")
     p.add_argument("--tolerance", default=None, metavar="FILE", help="TOML file of per-metric tolerances")
-    p.add_argument("--device", default=None,
+    p.add_argument("--device", type=device_arg, default=None,
                    help="re-run on this device (cpu | cuda | cuda:N) instead of the recorded device type")
     p.add_argument("--reuse-cache", action="store_true",
                    help="load original/retrain models from the model cache instead of retraining them")
     p.add_argument("--cache-dir", default=None, help="with --reuse-cache: the cache (default: <results>/cache/models)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int_arg("--threads"), default=None,
                    help="CPU threads for the re-run (default: the count the record states)")
     p.add_argument("--data-root", default=None, help="folder with dataset files (env UNLEARNBENCH_DATA_ROOT)")
     p.add_argument("--show", choices=("mismatches", "all"), default="mismatches",
@@ -64,7 +67,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from unlearnbench.benchmarks.cli import default_data_root, user_errors
+    from unlearnbench.benchmarks.cli import data_root, user_errors
     from unlearnbench.benchmarks.env import device_name, git_state
     from unlearnbench.benchmarks.executors import progress_bar
     from unlearnbench.benchmarks.harness import RunContext, resolve_device, run_cell
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"cannot read --tolerance file: {exc}")
     except ReproduceError as exc:
         return fail(str(exc))
+    root = data_root(args)
     sels = select(args, all_suites_ok=True)
     jobs = []  # (selection, record)
     for sel in sels:
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     warned_threads = False
     tmp = tempfile.TemporaryDirectory(prefix="unlearnbench-reproduce-")
     try:
-        contexts: dict[str, RunContext] = {}
+        contexts: dict[tuple[str, int | None], RunContext] = {}
         jobs.sort(key=lambda j: (j[1].dataset, j[1].model, j[1].seed, j[1].request, j[1].method))
         with progress_bar(len(jobs), enabled=sys.stderr.isatty()) as update:
             for sel, rec in jobs:
@@ -128,11 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 update(description=label)
                 want = args.device or str(rec.env.get("device_type", "cpu"))
                 device = devices[want]
-                if want not in contexts:
-                    cache = (args.cache_dir or Path(args.results) / "cache" / "models") if args.reuse_cache \
-                        else Path(tmp.name) / "cache" / want
-                    contexts[want] = RunContext(results_dir=Path(tmp.name), device=device, cache_dir=cache,
-                                                data_root=args.data_root or default_data_root())
+                threads = None
                 if device.type == "cpu":
                     recorded = rec.env.get("cpu_threads")
                     threads = int(args.threads or recorded or torch.get_num_threads())
@@ -140,15 +140,31 @@ def run(args: argparse.Namespace) -> int:
                         print(f"note: re-running with {threads} CPU threads, recorded with {recorded}: CPU results "
                               "depend on the thread count", file=sys.stderr)
                         warned_threads = True
+                if (want, threads) not in contexts:
+                    if args.reuse_cache:  # the stored models; never written to (the folder may be read-only)
+                        cache = Path(args.cache_dir or Path(args.results) / "cache" / "models")
+                        readonly = True
+                    else:
+                        cache, readonly = Path(tmp.name) / "cache" / want, False
+                    contexts[(want, threads)] = RunContext(results_dir=Path(tmp.name), device=device, cache_dir=cache,
+                                                           cache_readonly=readonly, cpu_threads=threads,
+                                                           data_root=root)
+                ctx = contexts[(want, threads)]
+                if threads is not None:
                     torch.set_num_threads(threads)
                 recorded_name = rec.env.get("device_name")
                 if device.type == rec.env.get("device_type") and recorded_name and recorded_name != device_name(device):
                     print(f"note: {label} was recorded on {recorded_name}, re-run on {device_name(device)}",
                           file=sys.stderr)
-                tolerances = Tolerances.merge(sel.suite.tolerances if sel.suite else {}, file_tol)
+                tolerances = Tolerances.merge(sel.suite.tolerances if sel.suite else {}, file_tol,
+                                              not_reproducible=_not_reproducible(rec.metrics))
                 try:  # a config that no longer builds (e.g. a method since renamed) is this cell's mismatch
                     cell = CellSpec.from_config(rec.config, rec.suite)
-                    key = cell.key(str(rec.env.get("device_type", device.type)))
+                    dtype = str(rec.env.get("device_type", device.type))
+                    rec_threads = rec.env.get("cpu_threads") if dtype == "cpu" else None
+                    key = cell.key(dtype, rec_threads if isinstance(rec_threads, int) else None)
+                    if key != rec.cell_key and cell.key(dtype) == rec.cell_key:
+                        key = rec.cell_key  # stored before the thread count entered CPU cell keys
                 except (*user_errors(), KeyError, TypeError) as exc:
                     diffs.append(Diff(label, "config", "stored config", f"cannot rebuild the cell: {exc}", 0.0,
                                       "mismatch"))
@@ -159,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
                                       "mismatch"))
                     update(advance=1)
                     continue
-                new, _ = run_cell(cell, contexts[want])
+                new, _ = run_cell(cell, ctx)
                 diffs += compare(label, rec.row(), new.row(), tolerances)
                 update(advance=1)
     finally:
@@ -170,3 +186,10 @@ def run(args: argparse.Namespace) -> int:
     text, passed = summary(diffs)
     print(text)
     return 0 if passed else 1
+
+
+def _not_reproducible(names) -> list[str]:
+    """The stored names whose declaration says a re-run cannot give them again (attacks' ``reproducible``)."""
+    from unlearnbench.attacks import declaration
+
+    return [n for n in names if (spec := declaration(n)) is not None and not spec.reproducible]
