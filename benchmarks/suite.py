@@ -79,16 +79,24 @@ class CellSpec:
     metrics: tuple[str, ...]
     metric_options: dict[str, Any]
     max_epochs: float | None = None
+    # where method_params came from: "default" (the method's declared defaults), "hand-set" (the suite's
+    # method_options / dataset overrides) or "tuned" (an `unlearnbench tune` overlay, see apply_tuned)
+    params_source: str = "default"
+    tuning: dict[str, Any] | None = None  # tuned cells: the study's provenance (objective, trials, best value, ...)
 
     def config(self) -> dict[str, Any]:
         d = self.dataset
-        return {
+        cfg = {
             "dataset": d.spec.as_dict(), "model": d.model, "model_options": d.model_options,
             "recipe_name": d.recipe_name, "recipe": d.recipe.as_dict(),
             "request": {"kind": self.request.kind, "params": self.request.params, "label": self.request.label},
             "method": self.method, "method_params": self.method_params, "seed": self.seed,
             "metrics": list(self.metrics), "metric_options": self.metric_options, "max_epochs": self.max_epochs,
+            "params_source": self.params_source,
         }
+        if self.tuning is not None:
+            cfg["tuning"] = self.tuning
+        return cfg
 
     @classmethod
     def from_config(cls, config: dict[str, Any], suite: str) -> "CellSpec":
@@ -103,7 +111,8 @@ class CellSpec:
         req = config["request"]
         return cls(suite, entry, RequestEntry(req["kind"], dict(req["params"])), config["method"],
                    dict(config["method_params"]), int(config["seed"]), tuple(config["metrics"]),
-                   dict(config.get("metric_options", {})), config.get("max_epochs"))
+                   dict(config.get("metric_options", {})), config.get("max_epochs"),
+                   str(config.get("params_source", "default")), config.get("tuning"))
 
     def key(self, device_type: str, cpu_threads: int | None = None) -> str:
         """Identity of the cell's result: changes when and only when an input that matters changes. On the
@@ -112,6 +121,8 @@ class CellSpec:
         cfg = self.config()
         cfg["dataset"].pop("label", None)
         cfg.pop("recipe_name")
+        cfg.pop("params_source")  # provenance, not an input: a default and a hand-set cell with equal values are
+        # one computation (and keys made before it was recorded stay valid); a tuned cell keeps its study in "tuning"
         cfg["request"].pop("label")
         cfg["request"]["params"] = {k: v for k, v in cfg["request"]["params"].items() if k != "label"}
         cfg["device_type"] = device_type
@@ -197,7 +208,8 @@ class Suite:
                         overrides = {**self.method_options.get(m, {}), **d.overrides.get(m, {})}
                         method = create_method(m, overrides)
                         out.append(CellSpec(self.name, d, r, m, method.hyperparameters(), int(seed), self.metrics,
-                                            self.metric_options, self.max_epochs))
+                                            self.metric_options, self.max_epochs,
+                                            "hand-set" if overrides else "default"))
         if not out:
             given = ", ".join(f"{f} {','.join(map(str, v))}" for f, v in (
                 ("--methods", methods), ("--seeds", seeds), ("--datasets", datasets), ("--requests", requests)) if v)
@@ -211,6 +223,29 @@ class Suite:
                                  "(duplicated entries): remove one")
             seen[k] = c
         return out
+
+
+def apply_tuned(cells: list[CellSpec], entries: dict[tuple[str, str, str, str], tuple[dict[str, Any], dict[str, Any]]]
+                ) -> list[CellSpec]:
+    """Apply a tuned overlay (``unlearnbench run --tuned FILE``; parsed by ``benchmarks/tune.py``): ``entries``
+    maps (dataset, model, request label, method) to (tuned values, the study's provenance). A cell it names
+    gets the method's declared defaults plus the tuned values -- the suite's hand-set overrides do not apply,
+    as the study searched from the defaults -- ``params_source = "tuned"`` and the provenance in its config
+    (so it is a cell of its own, stored beside the untuned one). Other cells are returned unchanged. A cell
+    whose seed is one of the study's validation seeds is an error: it would be evaluated on a tuning cell."""
+    out = []
+    for c in cells:
+        hit = entries.get((c.dataset.spec.display, c.dataset.model, c.request.label, c.method))
+        if hit is None:
+            out.append(c)
+            continue
+        values, provenance = hit
+        if c.seed in set(provenance.get("validation_seeds", ())):
+            raise SuiteError(f"{c.label}: seed {c.seed} is a validation seed of the tuning study "
+                             f"{provenance.get('study')!r}: evaluate on other seeds")
+        params = create_method(c.method, values).hyperparameters()
+        out.append(dataclasses.replace(c, method_params=params, params_source="tuned", tuning=dict(provenance)))
+    return out
 
 
 def _near(name: str, choices) -> str:
