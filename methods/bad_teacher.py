@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._baseline_utils import frozen_copy, mark, subsample
-from .base import Method, MethodError, UnlearnRequest, param, register
+from .base import Method, MethodError, UnlearnRequest, categorical, linear_range, log_range, param, register
 from .training import fit, forward
 
 
@@ -36,11 +36,13 @@ from .training import fit, forward
           summary="Bad Teacher: distil from the original on retain and a random net on forget (AAAI 2023)")
 @dataclass(frozen=True)
 class BadTeacher(Method):
-    lr: float = param(1e-4, "Adam learning rate (released code: 1e-4)")
-    epochs: float = param(1.0, "epochs over forget + retain subset (released code: 1)")
-    batch_size: int = param(256, "mini-batch size (released code: 256)")
-    temperature: float = param(1.0, "KL temperature T (released code: 1)")
-    retain_fraction: float = param(0.3, "fraction of the retain set used (released code: 30%)")
+    lr: float = param(1e-4, "Adam learning rate (released code: 1e-4)", search=log_range(1e-5, 1e-2))
+    epochs: float = param(1.0, "epochs over forget + retain subset (released code: 1)",
+                          search=log_range(0.5, 10.0))
+    batch_size: int = param(256, "mini-batch size (released code: 256)", search=categorical(16, 32, 64, 128, 256))
+    temperature: float = param(1.0, "KL temperature T (released code: 1)", search=log_range(0.5, 4.0))
+    retain_fraction: float = param(0.3, "fraction of the retain set used (released code: 30%)",
+                                   search=linear_range(0.1, 1.0))
     weight_decay: float = param(0.0, "Adam weight decay (released code: none)")
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:

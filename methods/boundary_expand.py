@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ._baseline_utils import SGDBaseline, ce_loss, last_linear, set_module
-from .base import UnlearnRequest, param, register
+from .base import UnlearnRequest, log_range, param, register
 from .training import fit
 
 
@@ -63,8 +63,8 @@ def prune(layer: nn.Linear, keep: int) -> nn.Linear:
           summary="Boundary Expanding: train forget samples into an extra shadow class, then prune it (CVPR 2023)")
 @dataclass(frozen=True)
 class BoundaryExpand(SGDBaseline):
-    lr: float = param(1e-5, "learning rate (public code: 1e-5)")
-    epochs: float = param(10.0, "epochs over the forget set (public code: 10)")
+    lr: float = param(1e-5, "learning rate (public code: 1e-5)", search=log_range(1e-6, 3e-2))
+    epochs: float = param(10.0, "epochs over the forget set (public code: 10)", search=log_range(1.0, 20.0))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         model = request.model

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._baseline_utils import SGDBaseline, frozen_copy
-from .base import MethodError, UnlearnRequest, param, register
+from .base import MethodError, UnlearnRequest, categorical, log_range, param, register
 from .training import fit, forward
 
 
@@ -56,10 +56,12 @@ def neighbour_labels(original: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
           summary="Boundary Shrink: fine-tune forget samples to their FGSM-nearest wrong class (CVPR 2023)")
 @dataclass(frozen=True)
 class BoundaryShrink(SGDBaseline):
-    lr: float = param(1e-5, "learning rate (public code: 1e-5)")
-    epochs: float = param(10.0, "epochs over the forget set (public code: 10)")
-    eps: float = param(0.1, "L-inf radius of the neighbour search in [0, 1] pixel units (paper: 0.1)")
-    attack_steps: int = param(1, "1: FGSM (paper, SalUn port); >1: L-inf PGD steps (authors' first release: 5)")
+    lr: float = param(1e-5, "learning rate (public code: 1e-5)", search=log_range(1e-6, 3e-2))
+    epochs: float = param(10.0, "epochs over the forget set (public code: 10)", search=log_range(1.0, 20.0))
+    eps: float = param(0.1, "L-inf radius of the neighbour search in [0, 1] pixel units (paper: 0.1)",
+                       search=log_range(0.02, 0.5))
+    attack_steps: int = param(1, "1: FGSM (paper, SalUn port); >1: L-inf PGD steps (authors' first release: 5)",
+                             search=categorical(1, 5))
     attack_step: float = param(8 / 255, "PGD step size when attack_steps > 1 (authors' first release: 8/255)")
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:

@@ -39,6 +39,16 @@ import torch.nn as nn
 _ACTIVE: contextvars.ContextVar["WorkCount | None"] = contextvars.ContextVar("unlearnbench_work", default=None)
 
 
+class WorkLimitExceeded(BaseException):
+    """Raised inside a :func:`count_work` block with a ``limit`` when a forward pass takes the count of
+    example passes beyond it (``unlearnbench tune``'s compute cap). A ``BaseException``, like
+    ``KeyboardInterrupt``, so that a method's own ``except Exception`` cannot swallow it."""
+
+    def __init__(self, passes: int, limit: int):
+        super().__init__(f"{passes} example passes exceed the limit of {limit}")
+        self.passes, self.limit = passes, limit
+
+
 @dataclass
 class WorkCount:
     """Example passes and other work counted inside one :func:`count_work` block."""
@@ -46,12 +56,17 @@ class WorkCount:
     fwd: int = 0
     bwd: int = 0
     other: dict[str, float] = field(default_factory=dict)
+    limit: int | None = None  # stop (WorkLimitExceeded) at the first forward pass beyond this many passes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, fwd: int = 0, bwd: int = 0) -> None:
         with self._lock:  # backward hooks may run on autograd's device threads
             self.fwd += int(fwd)
             self.bwd += int(bwd)
+        # checked on forward counts only: those run on the caller's thread (an exception raised in a backward
+        # hook would surface from inside autograd); the backward passes counted so far are included
+        if fwd and self.limit is not None and self.fwd + self.bwd > self.limit:
+            raise WorkLimitExceeded(self.fwd + self.bwd, self.limit)
 
     def add_work(self, unit: str, amount: float) -> None:
         with self._lock:
@@ -67,11 +82,12 @@ class WorkCount:
 
 
 @contextlib.contextmanager
-def count_work() -> Iterator[WorkCount]:
+def count_work(limit: int | None = None) -> Iterator[WorkCount]:
     """Count the passes of every network run inside the block (nested blocks count into their own
-    counter *and* every enclosing one)."""
+    counter *and* every enclosing one). ``limit``: raise :class:`WorkLimitExceeded` at the first forward
+    pass that takes this block's count of example passes (forward + backward) beyond it."""
     parent = _ACTIVE.get()
-    wc = WorkCount()
+    wc = WorkCount(limit=None if limit is None else int(limit))
     token = _ACTIVE.set(_Chain(wc, parent) if parent is not None else wc)
     try:
         yield wc
@@ -86,8 +102,10 @@ class _Chain:
         self.own, self.parent = own, parent
 
     def add(self, fwd: int = 0, bwd: int = 0) -> None:
-        self.own.add(fwd, bwd)
-        self.parent.add(fwd, bwd)
+        try:
+            self.own.add(fwd, bwd)
+        finally:  # counted in the enclosing block even when this block's limit stops the work
+            self.parent.add(fwd, bwd)
 
     def add_work(self, unit: str, amount: float) -> None:
         self.own.add_work(unit, amount)

@@ -24,15 +24,16 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from ._baseline_utils import SGDBaseline
-from .base import UnlearnRequest, param, register
+from .base import UnlearnRequest, log_range, param, register
 from .training import fit
 
 
 @register("finetune", summary="FT: fine-tune on the retain set only (Warnecke et al. 2023; public-code defaults)")
 @dataclass(frozen=True)
 class Finetune(SGDBaseline):
-    lr: float = param(0.01, "learning rate (public code: 0.01)")
-    epochs: float = param(10.0, "epochs over the retain set (public code: 10)")
+    lr: float = param(0.01, "learning rate (public code: 0.01)", search=log_range(1e-3, 0.5))
+    epochs: float = param(10.0, "epochs over the retain set (public code: 10)",
+                          search=log_range(0.25, 10.0))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         model = request.model

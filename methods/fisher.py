@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from ._baseline_utils import budget_prefix, fisher_diagonal, last_linear
-from .base import Method, MethodError, UnlearnRequest, param, register
+from .base import Method, MethodError, UnlearnRequest, log_range, param, register
 
 FISHERS = ("empirical", "true")
 
@@ -46,8 +46,10 @@ FISHERS = ("empirical", "true")
 @register("fisher", summary="Fisher forgetting: Gaussian weight noise with variance alpha/F_retain (CVPR 2020)")
 @dataclass(frozen=True)
 class Fisher(Method):
-    alpha: float = param(1e-7, "noise variance scale: var = alpha / F (1e-7 at CIFAR scale; ~1/N_retain)")
-    max_std: float = param(1e-3, "clamp on the noise standard deviation per weight (public code: 1e-3)")
+    alpha: float = param(1e-7, "noise variance scale: var = alpha / F (1e-7 at CIFAR scale; ~1/N_retain)",
+                         search=log_range(1e-10, 1e-4))
+    max_std: float = param(1e-3, "clamp on the noise standard deviation per weight (public code: 1e-3)",
+                           search=log_range(1e-4, 0.1))
     output_scale: float = param(10.0, "noise multiplier on the output layer (public code: 10)")
     fisher: str = param("empirical", "empirical: true-label Fisher (public code); true: model-predictive Fisher",
                         choices=FISHERS)

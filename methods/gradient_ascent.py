@@ -22,15 +22,16 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from ._baseline_utils import SGDBaseline, ce_loss
-from .base import UnlearnRequest, param, register
+from .base import UnlearnRequest, log_range, param, register
 from .training import fit
 
 
 @register("gradient_ascent", summary="GA/NegGrad: gradient ascent on the forget set's cross-entropy")
 @dataclass(frozen=True)
 class GradientAscent(SGDBaseline):
-    lr: float = param(1e-4, "learning rate (public code: 1e-4; very sensitive)")
-    epochs: float = param(5.0, "epochs over the forget set (public code: 5)")
+    lr: float = param(1e-4, "learning rate (public code: 1e-4; very sensitive)",
+                      search=log_range(1e-5, 3e-2))
+    epochs: float = param(5.0, "epochs over the forget set (public code: 5)", search=log_range(1.0, 20.0))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         model = request.model

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._baseline_utils import SGDBaseline
-from .base import MethodError, UnlearnRequest, param, register
+from .base import MethodError, UnlearnRequest, log_range, param, register
 from .training import fit, forward
 
 DECAYS = ("epoch", "step")
@@ -35,9 +35,10 @@ DECAYS = ("epoch", "step")
           summary="l1-sparse: fine-tune on retain + linearly decaying l1 penalty (Jia et al., NeurIPS 2023)")
 @dataclass(frozen=True)
 class L1Sparse(SGDBaseline):
-    gamma: float = param(1e-4, "initial weight of the l1 penalty (decays linearly to 0)")
-    lr: float = param(0.01, "learning rate")
-    epochs: float = param(10.0, "epochs over the retain set")
+    gamma: float = param(1e-4, "initial weight of the l1 penalty (decays linearly to 0)",
+                         search=log_range(1e-6, 1e-3))
+    lr: float = param(0.01, "learning rate", search=log_range(1e-3, 0.5))
+    epochs: float = param(10.0, "epochs over the retain set", search=log_range(0.25, 10.0))
     decay: str = param("epoch", "epoch: gamma constant within an epoch (released code); step: linear per step",
                        choices=DECAYS)
 

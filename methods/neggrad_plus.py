@@ -23,16 +23,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._baseline_utils import SGDBaseline
-from .base import MethodError, UnlearnRequest, param, register
+from .base import MethodError, UnlearnRequest, linear_range, log_range, param, register
 from .training import cycle, fit, forward
 
 
 @register("neggrad_plus", summary="NegGrad+: beta*CE(retain) - (1-beta)*CE(forget) on paired batches (Kurmanji 2023)")
 @dataclass(frozen=True)
 class NegGradPlus(SGDBaseline):
-    beta: float = param(0.95, "weight of the retain cross-entropy; 1 - beta weighs the forget ascent")
-    lr: float = param(0.01, "learning rate")
-    epochs: float = param(10.0, "epochs over the retain set")
+    beta: float = param(0.95, "weight of the retain cross-entropy; 1 - beta weighs the forget ascent",
+                        search=linear_range(0.8, 0.999))
+    lr: float = param(0.01, "learning rate", search=log_range(1e-4, 0.1))
+    epochs: float = param(10.0, "epochs over the retain set", search=log_range(0.25, 10.0))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         if not 0.0 <= self.beta <= 1.0:

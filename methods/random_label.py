@@ -24,17 +24,19 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from ._baseline_utils import RL_ORDERS, SGDBaseline, random_label_training
-from .base import UnlearnRequest, param, register
+from .base import UnlearnRequest, categorical, log_range, param, register
 
 
 @register("random_label", summary="RL: forget samples get random labels, trained with the retain set")
 @dataclass(frozen=True)
 class RandomLabel(SGDBaseline):
-    lr: float = param(0.013, "learning rate (SalUn README: 0.013)")
-    epochs: float = param(10.0, "epochs (one epoch = one pass over forget and retain)")
+    lr: float = param(0.013, "learning rate (SalUn README: 0.013)", search=log_range(1e-3, 0.3))
+    epochs: float = param(10.0, "epochs (one epoch = one pass over forget and retain)",
+                          search=log_range(0.25, 10.0))
     order: str = param("mixed", "mixed: forget+retain shuffled together; forget_first: forget pass then retain pass",
                        choices=RL_ORDERS)
-    exclude_true_label: bool = param(False, "draw random labels among the other classes only (public code: any)")
+    exclude_true_label: bool = param(False, "draw random labels among the other classes only (public code: any)",
+                                     search=categorical(False, True))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         model = request.model

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from unlearnbench.datasets import TensorData
 
 from ._baseline_utils import RL_ORDERS, SGDBaseline, budget_prefix, random_label_training
-from .base import MethodError, UnlearnRequest, param, register
+from .base import MethodError, UnlearnRequest, categorical, linear_range, log_range, param, register
 from .training import Budget, forward
 
 MASK_SELECT = ("largest", "smallest")
@@ -92,14 +92,17 @@ def saliency_mask(model: nn.Module, forget: TensorData, *, fraction: float = 0.5
 @register("salun", summary="SalUn: random-label unlearning restricted to the 50% most salient weights (ICLR 2024)")
 @dataclass(frozen=True)
 class SalUn(SGDBaseline):
-    lr: float = param(0.013, "learning rate of the random-label stage (SalUn README: 0.013)")
-    epochs: float = param(10.0, "epochs of the random-label stage")
-    mask_fraction: float = param(0.5, "fraction of all weights inside the saliency mask (paper: 50%)")
+    lr: float = param(0.013, "learning rate of the random-label stage (SalUn README: 0.013)",
+                      search=log_range(1e-3, 0.3))
+    epochs: float = param(10.0, "epochs of the random-label stage", search=log_range(0.25, 10.0))
+    mask_fraction: float = param(0.5, "fraction of all weights inside the saliency mask (paper: 50%)",
+                                 search=linear_range(0.1, 0.9))
     mask_select: str = param("largest", "largest: the most salient weights (paper); smallest: the public "
                              "generate_mask.py's ascending-rank reading", choices=MASK_SELECT)
     order: str = param("mixed", "random-label stage: mixed (forget+retain shuffled) or forget_first",
                        choices=RL_ORDERS)
-    exclude_true_label: bool = param(False, "draw random labels among the other classes only (public code: any)")
+    exclude_true_label: bool = param(False, "draw random labels among the other classes only (public code: any)",
+                                     search=categorical(False, True))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         model = request.model

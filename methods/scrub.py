@@ -32,22 +32,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._baseline_utils import SGDBaseline, clip_gradients, frozen_copy, kl_to_teacher, run_epochs
-from .base import MethodError, UnlearnRequest, param, register
+from .base import MethodError, UnlearnRequest, categorical, int_range, log_range, param, register
 from .training import forward, make_optimizer
 
 
 @register("scrub", summary="SCRUB: max-steps away from the teacher on forget, min-steps on retain (NeurIPS 2023)")
 @dataclass(frozen=True)
 class Scrub(SGDBaseline):
-    batch_size: int = param(128, "retain (min-step) batch size (released code: 128)")
-    forget_batch_size: int = param(32, "forget (max-step) batch size (released code: 32)")
-    lr: float = param(5e-4, "learning rate (released code: 5e-4)")
-    epochs: float = param(3.0, "epochs; each is a forget pass (while <= msteps) then a retain pass")
-    msteps: int = param(2, "number of leading epochs that include the max-step forget pass")
+    batch_size: int = param(128, "retain (min-step) batch size (released code: 128)",
+                             search=categorical(16, 32, 64, 128, 256))
+    forget_batch_size: int = param(32, "forget (max-step) batch size (released code: 32)",
+                                    search=categorical(8, 16, 32, 64, 128))
+    lr: float = param(5e-4, "learning rate (released code: 5e-4)", search=log_range(1e-4, 0.1))
+    epochs: float = param(3.0, "epochs; each is a forget pass (while <= msteps) then a retain pass",
+                          search=log_range(0.5, 10.0))
+    msteps: int = param(2, "number of leading epochs that include the max-step forget pass",
+                       search=int_range(1, 6))
     temperature: float = param(4.0, "distillation temperature T")
     gamma: float = param(0.99, "weight of the retain cross-entropy in the min-steps")
-    alpha: float = param(0.001, "weight of the retain KL to the teacher in the min-steps")
-    grad_clip: float = param(0.0, "max global gradient norm before each step (0: none, as released; SSD port: 1)")
+    alpha: float = param(0.001, "weight of the retain KL to the teacher in the min-steps",
+                         search=log_range(1e-4, 1.0))
+    grad_clip: float = param(0.0, "max global gradient norm before each step (0: none, as released; SSD port: 1)",
+                             search=categorical(0.0, 1.0, 5.0))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         if self.temperature <= 0:

@@ -27,14 +27,16 @@ import torch
 import torch.nn as nn
 
 from ._baseline_utils import batch_grad_importance, budget_prefix
-from .base import Method, MethodError, UnlearnRequest, param, register
+from .base import Method, MethodError, UnlearnRequest, log_range, param, register
 
 
 @register("ssd", summary="SSD: dampen weights far more important to the forget set than to all data (AAAI 2024)")
 @dataclass(frozen=True)
 class SSD(Method):
-    alpha: float = param(10.0, "selection weighting: select where I_forget > alpha * I_full")
-    dampening: float = param(1.0, "dampening constant lambda: beta = (lambda * I_full / I_forget) ** exponent")
+    alpha: float = param(10.0, "selection weighting: select where I_forget > alpha * I_full",
+                         search=log_range(1.0, 1000.0))
+    dampening: float = param(1.0, "dampening constant lambda: beta = (lambda * I_full / I_forget) ** exponent",
+                             search=log_range(0.1, 10.0))
     exponent: float = param(1.0, "exponent of the dampening factor")
     lower_bound: float = param(1.0, "upper cap on beta (1: never enlarge a weight)")
     batch_size: int = param(256, "mini-batch size of both importance passes")

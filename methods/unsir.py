@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from unlearnbench.datasets import TensorData
 
 from ._baseline_utils import per_class
-from .base import Method, MethodError, UnlearnRequest, param, register
+from .base import Method, MethodError, UnlearnRequest, categorical, log_range, param, register
 from .training import fit, forward
 
 
@@ -90,11 +90,12 @@ class Unsir(Method):
     noise_steps: int = param(8, "noise optimisation steps per epoch (released: 8)")
     noise_reg: float = param(0.1, "weight of the mean squared L2 norm of the noise (released: 0.1)")
     retain_per_class: int = param(1000, "retain images per remaining class for impair and repair (0 = all)")
-    batch_size: int = param(256, "mini-batch size of impair and repair (released: 256)")
-    impair_lr: float = param(0.02, "Adam learning rate of the impair epoch")
-    impair_epochs: float = param(1.0, "impair epochs over noise + retain subset")
-    repair_lr: float = param(0.01, "Adam learning rate of the repair epoch")
-    repair_epochs: float = param(1.0, "repair epochs over the retain subset")
+    batch_size: int = param(256, "mini-batch size of impair and repair (released: 256)",
+                             search=categorical(16, 32, 64, 128, 256))
+    impair_lr: float = param(0.02, "Adam learning rate of the impair epoch", search=log_range(1e-4, 0.1))
+    impair_epochs: float = param(1.0, "impair epochs over noise + retain subset", search=log_range(0.25, 4.0))
+    repair_lr: float = param(0.01, "Adam learning rate of the repair epoch", search=log_range(1e-4, 0.1))
+    repair_epochs: float = param(1.0, "repair epochs over the retain subset", search=log_range(0.25, 4.0))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         if request.forget_class is None:
