@@ -14,9 +14,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from unlearnbench.errors import UserError
+
 from .harness import RunContext, run_cell, start_cell
 from .store import RunRecord, Store
 from .suite import CellSpec
+from .validate import InputError
 
 ResultSink = Callable[[RunRecord, dict[str, np.ndarray]], None]
 
@@ -40,7 +43,7 @@ def plan(cells: Iterable[CellSpec], ctx: RunContext, store: Store, force: bool =
         if cell.dataset.requires == "cuda" and ctx.device.type != "cuda" and not allow_cpu:
             p.skipped.append((cell, "needs a CUDA GPU (the suite marks this dataset requires = \"cuda\"; "
                                     "--allow-cpu runs it here anyway, slowly)"))
-        elif (cell.suite, cell.key(ctx.device.type)) in finished:
+        elif (cell.suite, cell.key(ctx.device.type, ctx.cpu_threads)) in finished:
             p.done += 1
         else:
             p.pending.append(cell)
@@ -86,9 +89,47 @@ def get_executor(name: str, **options):
         try:
             from .ray_executor import make_ray_executor
         except ImportError as exc:
-            raise RuntimeError("the ray executor needs Ray: pip install 'unlearnbench[ray]'") from exc
+            raise InputError(f"--executor ray needs Ray, which is not importable here ({exc.__cause__ or exc}): "
+                             "pip install 'unlearnbench[ray]', or use --executor inprocess") from exc
         return make_ray_executor(**options)
-    raise ValueError(f"unknown executor {name!r}; choose inprocess or ray")
+    raise InputError(f"unknown executor {name!r}: choose inprocess or ray")
+
+
+class CellInputError(UserError):
+    """A pending cell cannot start (its data, request or model options); found before any training."""
+
+
+def preflight(cells: Iterable[CellSpec], ctx: RunContext) -> None:
+    """Check, before anything trains, what every pending cell reads first: its dataset's files and labels,
+    its forget request for its seed, and its model options. A problem is a :class:`CellInputError` naming
+    the cell, so a bad input never surfaces hours into a run (or after other cells were stored)."""
+    from unlearnbench.datasets import build_request
+    from unlearnbench.methods.models import build_model
+
+    seen_req: set = set()
+    seen_model: set = set()
+    for cell in cells:
+        d = cell.dataset
+        try:
+            splits = ctx.splits(cell)
+            rkey = (d.spec, cell.request.kind, repr(sorted(cell.request.params.items())), cell.seed)
+            if rkey not in seen_req:
+                seen_req.add(rkey)
+                build_request(splits, cell.request.kind, cell.request.params, cell.seed)
+            mkey = (d.model, repr(sorted(d.model_options.items())), splits.image_shape, splits.num_classes)
+            if mkey not in seen_model:
+                seen_model.add(mkey)
+                c = splits.image_shape[0]
+                try:
+                    build_model(d.model, splits.image_shape, splits.num_classes, [0.0] * c, [1.0] * c,
+                                **d.model_options)
+                except UserError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bad option value surfaces as whatever torch raises
+                    raise CellInputError(f"model {d.model!r} with model_options {d.model_options} cannot be built "
+                                         f"({type(exc).__name__}: {exc}): fix model_options in the suite") from exc
+        except UserError as exc:
+            raise CellInputError(f"cell {cell.label}: {exc}") from exc
 
 
 @contextlib.contextmanager

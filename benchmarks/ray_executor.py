@@ -42,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - get_executor turns this into an
 from .harness import RunContext, original_model, prepare_cell, reference_model, run_cell
 from .store import RunRecord
 from .suite import CellSpec, stable_hash
+from .validate import InputError
 
 ResultSink = Callable[[RunRecord, dict[str, np.ndarray]], None]
 
@@ -211,7 +212,7 @@ def _drive(cells: list[CellSpec], spec: ContextSpec, sink: ResultSink, on_start,
     opts = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task if gpu else 0, "max_retries": max_retries,
             "retry_exceptions": False}
     if gpu and ray.cluster_resources().get("GPU", 0) < gpus_per_task:
-        raise RuntimeError(f"the run's device is CUDA but the Ray cluster has no GPU "
+        raise InputError(f"the run's device is CUDA but the Ray cluster has no GPU "
                            f"(resources: {ray.cluster_resources()}); run with --device cpu or add GPU nodes")
 
     groups: dict[str, list[CellSpec]] = {}

@@ -124,13 +124,13 @@ def csv_arg(flag: str, *, kind: Callable[[str], Any] = str, what: str = "names")
     def parse(text: str) -> list:
         items = [x.strip() for x in text.split(",")]
         if not any(items):
-            raise argparse.ArgumentTypeError(f"{flag} is empty: give comma-separated {what}, or leave it out")
+            raise argparse.ArgumentTypeError(f"empty: give comma-separated {what}, or leave {flag} out")
         if not all(items):
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} has an empty item: give comma-separated {what}")
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item: give comma-separated {what}")
         values = [kind(x) for x in items]
         dup = sorted({str(v) for v in values if values.count(v) > 1})
         if dup:
-            raise argparse.ArgumentTypeError(f"{flag} names {dup[0]} twice")
+            raise argparse.ArgumentTypeError(f"names {dup[0]} twice: remove one")
         return values
 
     return parse
@@ -139,17 +139,17 @@ def csv_arg(flag: str, *, kind: Callable[[str], Any] = str, what: str = "names")
 def seed_text(text: str) -> int:
     """One seed of ``--seeds``: a decimal integer in [0, SEED_MAX]."""
     if not text.lstrip("-").isdigit():
-        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}")
     problem = seed_problem(int(text))
     if problem:
-        raise argparse.ArgumentTypeError(f"--seeds: {problem}")
+        raise argparse.ArgumentTypeError(problem)
     return int(text)
 
 
 def positive_int_arg(flag: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         if not text.strip().isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
         return int(text)
 
     return parse
@@ -161,3 +161,16 @@ def device_arg(text: str) -> str:
     if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
         return t
     raise argparse.ArgumentTypeError(f"unknown device {text!r}: use auto, cpu, cuda or cuda:N")
+
+
+def out_file_arg(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """An output file argument: not a folder, and no part of its folder is a file."""
+    p = Path(path)
+    if str(path).strip() == "":
+        raise InputError(f"{flag} is empty: name the file to write")
+    if p.is_dir():
+        raise InputError(f"{flag} {p} is a folder: name the file to write")
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{flag} {p}: {parent} is a file, not a folder: check the path")
+    return p

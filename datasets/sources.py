@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +62,17 @@ _MNIST_FAMILY = {
 def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (gzipped or not): magic, dims, then big-endian unsigned bytes."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DatasetError(f"{path} is not a readable gzip file ({type(exc).__name__}: {exc}; truncated or "
+                           "damaged): re-download it") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DatasetError(f"{path} is not an IDX file of unsigned bytes (bad magic number); re-download it")
     ndim = data[3]
+    if not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise DatasetError(f"{path} has a damaged IDX header ({ndim} dimensions): re-download it")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -107,6 +114,12 @@ def _mnist_family(name: str, root: Path | None, download: bool) -> SourceData:
             f"{root / flat_names[0]} or {root / tv_folder / 'raw'}, or pass --download to let torchvision fetch them."
         )
     arrays = {k: read_idx(p) for k, p in found.items()}  # type: ignore[arg-type]
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DatasetError(f"dataset {name!r}: {found[part + '_x']} ({'x'.join(map(str, x.shape))}) and "
+                               f"{found[part + '_y']} ({'x'.join(map(str, y.shape))}) are not {part} images [N, H, W] "
+                               "with N labels: a file is swapped or damaged; re-download them")
     train = ImageSet(torch.from_numpy(arrays["train_x"].copy()).unsqueeze(1),
                      torch.from_numpy(arrays["train_y"].astype(np.int64)))
     test = ImageSet(torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1),
@@ -179,8 +192,14 @@ def _decode(read, paths: list[str], where: str) -> np.ndarray:
     from PIL import Image
 
     def one(rel: str) -> np.ndarray:
-        with Image.open(io.BytesIO(read(rel))) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(io.BytesIO(read(rel))) as im:
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated data, ...
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            raise DatasetError(f"{where}: {rel} is not a readable image ({type(exc).__name__}: {exc}): replace or "
+                               "remove it") from exc
 
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         images = list(pool.map(one, paths, chunksize=256))
@@ -255,7 +274,24 @@ def load_cifar10_jpeg(root: Path | None = None, download: bool = False) -> Sourc
         _atomic_save_npy(arrays["train_y"], train_y)
         _atomic_save_npy(arrays["test_x"], test_x)
         _atomic_save_npy(arrays["test_y"], np.asarray(test_labels, dtype=np.int64))
-    loaded = {k: torch.from_numpy(np.load(p, allow_pickle=False)) for k, p in arrays.items()}
+    try:
+        loaded = {k: torch.from_numpy(np.load(p, allow_pickle=False)) for k, p in arrays.items()}
+    except (ValueError, EOFError, OSError) as exc:  # a damaged decoded copy: decode the source again
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        if getattr(load_cifar10_jpeg, "_retried", False):
+            raise DatasetError(f"decoded cifar10-jpeg arrays under {out} are unreadable ({exc}): delete {out}") from exc
+        import sys
+
+        print(f"warning: decoded cifar10-jpeg arrays under {out} are unreadable ({type(exc).__name__}); "
+              "decoding the source again", file=sys.stderr)
+        for p in arrays.values():
+            p.unlink(missing_ok=True)
+        load_cifar10_jpeg._retried = True  # type: ignore[attr-defined]
+        try:
+            return load_cifar10_jpeg(root, download)
+        finally:
+            load_cifar10_jpeg._retried = False  # type: ignore[attr-defined]
     return SourceData("cifar10-jpeg", ImageSet(loaded["train_x"], loaded["train_y"]),
                       ImageSet(loaded["test_x"], loaded["test_y"]), tuple(classes), augment="crop_flip",
                       provenance="CIFAR-10 JPEG re-encode (md5 980e733e…), training order from train_order.csv; "

@@ -96,7 +96,27 @@ class Splits:
 @functools.lru_cache(maxsize=8)
 def _load_source(name: str, root: str | None, download: bool, options: tuple) -> SourceData:
     info = source_info(name)
-    return info.loader(Path(root) if root else None, download, **dict(options))
+    src = info.loader(Path(root) if root else None, download, **dict(options))
+    check_source(src, where=f"dataset {name!r}" + (f" under {root}" if root and info.needs_files else ""))
+    return src
+
+
+def check_source(src: SourceData, where: str) -> None:
+    """What a loader returned must be usable: labels are class indices, images are non-empty."""
+    if not src.classes:
+        raise DatasetError(f"{where}: no classes")
+    for part, s in (("train", src.train), ("test", src.test)):
+        if len(s) == 0:
+            raise DatasetError(f"{where}: the {part} split is empty: check the files")
+        lo, hi = int(s.y.min()), int(s.y.max())
+        if lo < 0 or hi >= src.num_classes:
+            bad = lo if lo < 0 else hi
+            raise DatasetError(f"{where}: {part} label {bad} is not a class index in [0, {src.num_classes - 1}] "
+                               f"({src.num_classes} classes): the label file is wrong or belongs to another "
+                               "dataset; re-download it")
+    if src.train.x.shape[1:] != src.test.x.shape[1:]:
+        raise DatasetError(f"{where}: train images are {tuple(src.train.x.shape[1:])} but test images "
+                           f"{tuple(src.test.x.shape[1:])}: the files belong to different datasets")
 
 
 @functools.lru_cache(maxsize=8)

@@ -54,11 +54,13 @@ def portable_reason(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unlearnbench.benchmarks.validate import out_file_arg
+
+    out = out_file_arg(args.out)
     (sel,) = select(args)
     rows = [{k: portable_reason(v) if k == "reason" and isinstance(v, str) else _clean(v)
              for k, v in r.row().items() if k != "scores_file"} for r in sel.records]
     rows.sort(key=lambda r: (r["dataset"], r["model"], r["request"], r["method"], r["seed"], r["cell_key"]))
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"format": FORMAT, "suite": sel.name, "rows": rows}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out} ({len(rows)} records of suite {sel.name})", file=sys.stderr)
@@ -66,10 +68,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_rows(path: str) -> tuple[str, list[dict]]:
-    """(suite name, rows) of an exported file; null metrics read back as NaN."""
-    data = json.loads(Path(path).read_text())
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an `unlearnbench export` file (format {data.get('format')!r})")
+    """(suite name, rows) of an exported file; null metrics read back as NaN. A file that is not one is an
+    InputError naming it (``--records``)."""
+    from unlearnbench.benchmarks.validate import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--records {path}: {'is a folder, not a file' if p.is_dir() else 'no such file'}: name "
+                         "a JSON file written by `unlearnbench export`")
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"--records {path} is not valid JSON ({exc}): name a file written by `unlearnbench export`"
+                         ) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise InputError(f"--records {path} is not an `unlearnbench export` file (format {fmt!r}, want {FORMAT!r})")
+    need = ("run_id", "cell_key", "suite", "dataset", "model", "request", "method", "seed", "status")
+    rows_in = data.get("rows")
+    if not isinstance(data.get("suite"), str) or not isinstance(rows_in, list) or not all(
+            isinstance(r, dict) and all(k in r for k in need) for r in rows_in):
+        raise InputError(f"--records {path} is damaged: it needs a suite name and rows with {', '.join(need)}; "
+                         "export it again")
     rows = [{k: (float("nan") if v is None and k not in ("reason",) else v) for k, v in r.items()}
-            for r in data["rows"]]
+            for r in rows_in]
     return data["suite"], rows

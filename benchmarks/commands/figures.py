@@ -36,10 +36,14 @@ def run(args: argparse.Namespace) -> int:
     from unlearnbench.benchmarks.cli import default_data_root
     from unlearnbench.reports.figures import ClassInfo, render_all
 
+    from unlearnbench.benchmarks.validate import folder_arg
+
+    if args.out is not None:
+        folder_arg(args.out, "--out")
     (sel,) = select(args)
     out = Path(args.out or Path("figures") / sel.name)
     primary = args.primary or (sel.suite.primary if sel.suite else "avg_gap")
-    scores = {r.run_id: sel.store.scores(r) for r in sel.records if r.status == "ok"}
+    scores, unreadable = _readable_scores(sel)
     by_id = {r.run_id: r for r in sel.records}
     splits_cache: dict[str, object] = {}
     notes: list[str] = []
@@ -75,10 +79,26 @@ def run(args: argparse.Namespace) -> int:
                         method_order=list(sel.suite.methods) if sel.suite else None, class_info=class_info)
     for f in report.written:
         print(f"wrote {f.stem}.png/.pdf/.txt")
-    for msg in sorted(set(notes)) + report.skipped:
+    for msg in unreadable + sorted(set(notes)) + report.skipped:
         print(f"note: {msg}", file=sys.stderr)
     print(f"{len(report.written)} figure(s) in {out}/")
     return 0
+
+
+def _readable_scores(sel) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    """Per-example arrays of every ok run; a run whose file cannot be read is left out of the figures that
+    need them (its metrics still count) and named."""
+    from unlearnbench.benchmarks.store import StoreError
+
+    scores, unreadable = {}, []
+    for r in sel.records:
+        if r.status != "ok":
+            continue
+        try:
+            scores[r.run_id] = sel.store.scores(r)
+        except StoreError as exc:
+            unreadable.append(f"{exc}; its per-example figures (ROC, per-class) skip it")
+    return scores, unreadable
 
 
 def _given_class(rec, names) -> int | None:

@@ -40,6 +40,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from unlearnbench.reports.leaderboard import build, render
 
+    if args.out is not None:
+        from unlearnbench.benchmarks.validate import out_file_arg
+
+        out_file_arg(args.out)
     fmt = args.format or (SUFFIX_FORMAT.get(Path(args.out).suffix.lower(), "md") if args.out else "md")
     if args.records:
         from unlearnbench.benchmarks.suite import SuiteError, load_suite
