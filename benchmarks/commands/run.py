@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--wait-lock", action="store_true",
                    help="when another run writes to --results, wait for it instead of exiting")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tuned", default=None, metavar="FILE",
+                   help="apply a tuned overlay written by `unlearnbench tune`: the cells it names run with the tuned "
+                        "values (recorded as params_source = tuned, with the study; stored beside untuned records)")
     p.add_argument("--allow-cpu", action="store_true",
                    help="also run datasets the suite marks requires = \"cuda\" when no GPU is used (slow)")
     p.set_defaults(func=run)
@@ -61,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     suite = load_suite(args.suite)
     cells = suite.cells(methods=args.methods, seeds=args.seeds, datasets=args.datasets, requests=args.requests)
+    if args.tuned:
+        from unlearnbench.benchmarks.suite import apply_tuned
+        from unlearnbench.benchmarks.tune import load_overlay
+
+        cells = apply_tuned(cells, load_overlay(args.tuned, suite))
     device = resolve_device(args.device)
     executor = get_executor(args.executor, address=args.address) if args.executor == "ray" else get_executor(
         "inprocess")
