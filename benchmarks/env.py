@@ -61,6 +61,7 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
     env = dict(_static_env(str(device)))
     env.update({
         "seed": seed,
+        "cpu_threads": torch.get_num_threads(),  # now, not when the static part was cached (it enters CPU cell keys)
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
         "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
