@@ -152,13 +152,20 @@ def _device(row: dict[str, Any]) -> str:
     return str(env.get("device_type") or "unknown")
 
 
+def method_key(row: dict[str, Any]) -> str:
+    """The row's method as tables group it: ``<method> (tuned)`` for rows whose hyperparameters an
+    ``unlearnbench tune`` overlay set (``config.params_source == "tuned"``), else the method name."""
+    cfg = row.get("config") or {}
+    return f"{row['method']} (tuned)" if cfg.get("params_source") == "tuned" else str(row["method"])
+
+
 def latest_rows(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """The newest row per (suite, dataset, model, request, method, seed, device); rows come oldest first
     (as the store returns them) and are stably sorted by ``created_at``. Returns (rows, superseded count)."""
     rows = sorted(rows, key=lambda r: str(r.get("created_at", "")))
     newest: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        newest[(r["suite"], r["dataset"], r["model"], r["request"], r["method"], int(r["seed"]), _device(r))] = r
+        newest[(r["suite"], r["dataset"], r["model"], r["request"], method_key(r), int(r["seed"]), _device(r))] = r
     return list(newest.values()), len(rows) - len(newest)
 
 
@@ -213,10 +220,10 @@ def _build_group(key: tuple, rows: list[dict[str, Any]], primary: str, higher: b
     suite, dataset, model, request, device = key
     by_method: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_method.setdefault(r["method"], []).append(r)
+        by_method.setdefault(method_key(r), []).append(r)
     methods = sorted(by_method, key=lambda m: (order.get(m, len(order)), m))
     names: list[str] = []
-    for r in sorted(rows, key=lambda r: (r["method"], int(r["seed"]))):
+    for r in sorted(rows, key=lambda r: (method_key(r), int(r["seed"]))):
         if r["status"] == "ok":
             names += [n for n in _metric_names(r) if n not in names]
     # the metric groups in the order the suite lists them, then any value no registered group produces
@@ -338,7 +345,27 @@ def provenance(rows: Sequence[dict[str, Any]]) -> list[str]:
     dates = sorted(str(r.get("created_at", "")) for r in rows if r.get("created_at"))
     if dates:
         items.append(f"runs made {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else ""))
+    items += tuned_provenance(rows)
     return items
+
+
+def tuned_provenance(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One item per tuned row (``<method> (tuned)``): the study that chose its values (``unlearnbench tune``)."""
+    studies: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        cfg = r.get("config") or {}
+        t = cfg.get("tuning")
+        if cfg.get("params_source") == "tuned" and isinstance(t, dict):
+            studies[(str(r["method"]), str(t.get("study", "")))] = t
+    out = []
+    for (m, name), t in sorted(studies.items()):
+        best = t.get("best_value")
+        best_text = f"{best:.4g}" if isinstance(best, (int, float)) else "?"
+        out.append(f"{m} (tuned): values chosen by study {name} ({t.get('objective', '?')}, {t.get('trials', '?')} "
+                   f"trials, best {best_text} on validation seeds {t.get('validation_seeds', '?')}, cap "
+                   f"{t.get('cap', '?')} x retrain's passes; overlay {t.get('overlay', '?')}, commit "
+                   f"{str(t.get('commit', '?'))[:12]})")
+    return out
 
 
 # ------------------------------------------------------------------------------------ formatting
