@@ -303,6 +303,15 @@ def test_tune_then_run_tuned_records_provenance_beside_untuned_records(tmp_path,
         assert r.config["tuning"]["overlay"] == overlay.name
         for k, v in entry["params"].items():
             assert r.config["method_params"][k] == v
+    # the leaderboard shows the tuned rows beside the untuned ones, with the study in the provenance
+    from unlearnbench.reports.leaderboard import build, render
+
+    lb = build([r.row() for r in recs])
+    for g in lb.groups:
+        names = [mr.method for mr in g.rows]
+        assert {"finetune", "finetune (tuned)", "ssd", "ssd (tuned)", "retrain"} <= set(names), names
+        assert any("ssd (tuned): values chosen by study tunetest/" in item for item in g.provenance)
+    assert "| finetune (tuned) |" in render(lb, "md")
     # the records reproduce: their configs rebuild cells with the stored keys
     from unlearnbench.benchmarks.suite import CellSpec
 
