@@ -42,6 +42,10 @@ def add_parser(sub) -> None:
                         "values (recorded as params_source = tuned, with the study; stored beside untuned records)")
     p.add_argument("--allow-cpu", action="store_true",
                    help="also run datasets the suite marks requires = \"cuda\" when no GPU is used (slow)")
+    p.add_argument("--retime-reference", action="store_true",
+                   help="time every retrain reference again in this run, so speedup_vs_retrain divides two times "
+                        "measured under the same load (default: re-time only references whose cached time was "
+                        "measured on another device or library version)")
     p.set_defaults(func=run)
 
 
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with results_lock(results, wait=args.wait_lock), Store(results) as store:
         ctx = RunContext(results_dir=results, data_root=root, download=args.download, device=device,
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, retime_reference=args.retime_reference)
         stale = store.clean_stale() + ctx.cache.clean_stale()  # what a killed run left; we hold the lock
         if stale:
             console.print(f"removed {len(stale)} temporary file(s) left by an interrupted run")
