@@ -14,7 +14,8 @@ Tags:
   class forgetting it excludes the forgotten class).
 - ``needs_relu_head``: the model's ``head`` must be a ReLU MLP (PRUNE).
 - ``class_only``: only for the ``class`` request; other cells are recorded as not applicable.
-- ``reference``: the retrain reference (the harness caches it per cell).
+- ``reference``: a reference row (``retrain``, the target every gap is measured against, which the
+  harness caches per cell; ``original``, the no-op): reports show it and never rank it.
 - ``nondeterministic``: exempt from the determinism check (a reason must be given in ``tag_reasons``).
 """
 

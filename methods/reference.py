@@ -18,7 +18,7 @@ from .base import Method, UnlearnRequest, register
 from .training import fit
 
 
-@register("original", summary="no unlearning: the trained model as it is (the starting point)")
+@register("original", tags=("reference",), summary="no unlearning: the trained model as it is (the starting point)")
 @dataclass(frozen=True)
 class Original(Method):
     def unlearn(self, request: UnlearnRequest) -> nn.Module:

@@ -1,23 +1,32 @@
-"""Paper figures from stored results: pure functions of run rows and per-example score arrays.
+"""Paper figures from stored results: pure functions of run rows, per-example score arrays and the
+declarations of the stored values (handed in by the CLI). What a figure draws is decided by each value's
+declaration (kind, direction, unit, family, roc, before), never by its name.
 
 Per (suite, dataset, model, request, device) group, into ``<out>/<dataset>_<model>_<request>_<device>/``:
 
 - ``forget_vs_test``: forget accuracy against test accuracy per method (mean ± 95% CI over seeds), the
   retrain reference as a black star with guide lines;
-- ``mia_bars``: every ``mia.*`` value as horizontal bars per method, with retrain's value as a line;
-- ``cost_pareto``: the primary score (``avg_gap``) against time, peak memory and extra storage, with
-  the Pareto front (lower-left is better on both axes);
-- ``roc_<metric>``: ROC curves (log-scale false-positive rate) of every population attack whose
-  per-example ``<metric>.scores``/``<metric>.labels`` are stored, TPR averaged over seeds;
-- ``backdoor_asr``: attack success rate after unlearning per method, with the original model's ASR
-  (before) and retrain's as lines; only when a metric named ``asr`` or ``*.asr*`` exists;
+- ``mia_bars``: every shown score of the family ``membership`` as horizontal bars per method, with
+  retrain's value as a line (and chance, 0.5, for values in the unit ``AUC``);
+- ``cost_pareto``: the rank value (the primary score, or its gap to retrain) against every cost value
+  declared lower-is-better that differs between methods, one panel each, its x scale chosen by the
+  value's unit (:data:`UNIT_SCALES`; empty panels, e.g. CPU memory, are dropped), with the Pareto front;
+- ``roc_<value>``: ROC curves (log-scale false-positive rate) of every shown value whose declaration
+  names its per-example (labels, scores) arrays (``roc``), where the run stored them, TPR averaged over
+  seeds;
+- ``before_after_<value>``: a value whose declaration names the same quantity before unlearning
+  (``before``, e.g. backdoor ASR) after unlearning per method, with the before value and retrain's as
+  lines;
 - ``class_accuracy``: per-class test accuracy (methods x classes) for class forgetting, from the stored
   per-example ``test_correct`` and the test labels.
 
+Per suite, into ``<out>/``: ``critical_difference``, the mean ranks of the ranked methods over the
+suite's cells with the Friedman test and the Nemenyi critical difference (:mod:`.ranking`; Demšar 2006).
+
 Each figure is written as ``.png`` and ``.pdf`` plus a ``.txt`` caption. Rendering uses
-:class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, no global state), fixed sizes and
-DPI, and metadata without dates, so the files are byte-identical for identical inputs on the same
-matplotlib version.
+:class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot state: the diagram drawn by
+scikit-posthocs is drawn on this module's axes), fixed sizes and DPI, and metadata without dates, so the
+files are byte-identical for identical inputs on the same matplotlib version.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .leaderboard import Group, MethodRow, Stat, build, sanitize
+from .leaderboard import Group, MethodRow, Stat, build, fmt_num, sanitize
+from .ranking import MISSING_RULE, CellRanks, block_label
 
 DPI = 150
 PNG_META = {"Software": None}
@@ -199,11 +209,16 @@ def forget_vs_test(g: Group, styles, out: Path) -> FigureFile | str:
     return save(fig, out / "forget_vs_test", cap)
 
 
+def membership_cols(g: Group) -> list[str]:
+    """The cell's membership-inference values: shown scores whose declared family is ``membership``."""
+    return [c for c in g.score_cols if g.specs.get(c) is not None and g.specs[c].family == "membership"]
+
+
 def mia_bars(g: Group, styles, out: Path, reference: str) -> FigureFile | str:
-    cols = [c for c in g.score_cols if c.startswith("mia.")]
+    cols = membership_cols(g)
     rows = _ok(g.rows)
     if not cols or not rows:
-        return f"{_where(g)}: no mia.* values: skipped mia_bars"
+        return f"{_where(g)}: no membership-inference values: skipped mia_bars"
     ncol = min(3, len(cols))
     nrow = math.ceil(len(cols) / ncol)
     h = max(2.6, 0.32 * len(rows) + 1.4)
@@ -219,7 +234,7 @@ def mia_bars(g: Group, styles, out: Path, reference: str) -> FigureFile | str:
                 edgecolor="black", linewidth=0.4, capsize=2, error_kw={"elinewidth": 0.8})
         if ref is not None and c in ref.stats:
             ax.axvline(ref.stats[c].mean, color=REF_COLOR, ls="--", lw=1.3, label=f"{reference} value")
-        if "auc" in c:
+        if g.specs[c].unit == "AUC":
             ax.axvline(0.5, color="0.6", ls=":", lw=1, label="chance (0.5)")
         ax.set_yticks(ypos)
         ax.set_yticklabels(labels if i % ncol == 0 else [])
@@ -233,9 +248,10 @@ def mia_bars(g: Group, styles, out: Path, reference: str) -> FigureFile | str:
             handles, texts = ax.get_legend_handles_labels()
             fig.legend(handles, texts, loc="outside lower center", ncol=len(texts), fontsize="small")
     fig.suptitle(_title(f"Membership inference", g), fontsize="medium", fontweight="bold")
-    cap = _caption(g, "Membership-inference values (" + ", ".join(cols) + ") per method as bars; the dashed line "
-                      "is retrain's value (the target: a method should match it, not minimise it); the dotted line "
-                      "marks chance (0.5) for AUCs.", "Retrain's value is the dashed black line.", _missing(g))
+    cap = _caption(g, "Membership-inference values (" + ", ".join(cols) + ": the values declared in the family "
+                      "'membership') per method as bars; the dashed line is retrain's value (the target: a method "
+                      "should match it, not minimise it); the dotted line marks chance (0.5) for AUCs.",
+                   "Retrain's value is the dashed black line.", _missing(g))
     return save(fig, out / "mia_bars", cap)
 
 
@@ -250,64 +266,99 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-COST_AXES = (("time_s", "unlearning time (time_s, s)", "log"),
-             ("peak_mem_mib", "peak memory (peak_mem_mib, MiB)", "linear"),
-             ("extra_bytes", "extra storage (extra_bytes, bytes)", "symlog"))
+# The x scale of a cost panel, by the value's declared unit (any other unit: log).
+UNIT_SCALES = {"s": "log", "passes": "log", "FLOPs": "log", "MiB": "linear", "bytes": "symlog"}
+
+
+def cost_scale(unit: str) -> str:
+    return UNIT_SCALES.get(unit, "log")
 
 
 def cost_pareto(g: Group, styles, out: Path, primary: str) -> FigureFile | str:
-    axes = [a for a in COST_AXES if a[0] in g.cost_cols]
-    rows = [r for r in _ok(g.rows) if primary in r.stats and r.stats[primary].n]
-    if not axes or not rows:
-        return f"{_where(g)}: no {primary} or cost values: skipped cost_pareto"
-    fig = _fig(4.0 * len(axes) + 1.8, 4.2)
-    for i, (col, xlabel, scale) in enumerate(axes):
-        ax = fig.add_subplot(1, len(axes), i + 1)
+    """The cell's rank value (the primary score, or its gap to retrain) against every cost value declared
+    with direction ``lower`` that has a value, one panel each (scale by unit); a cost that is the same for
+    every method is named in the caption instead of drawn."""
+    col = g.rank_column
+    rows = [r for r in _ok(g.rows) if col and col in r.stats and r.stats[col].n]
+    if not rows:
+        return f"{_where(g)}: no ranked {primary} values: skipped cost_pareto"
+    higher = g.rank_higher
+    axes, constant = [], []
+    for c in g.cost_axes:
+        xs = {round(r.stats[c].mean, 12) for r in rows if r.stats.get(c) is not None and r.stats[c].n}
+        if len(xs) > 1:
+            axes.append(c)
+        elif xs:
+            constant.append(f"{c} = {fmt_num(next(iter(xs)), 'cost')}")
+    if not axes:
+        return f"{_where(g)}: no cost value that differs between methods: skipped cost_pareto"
+    ncol = min(3, len(axes))
+    nrow = math.ceil(len(axes) / ncol)
+    fig = _fig(4.0 * ncol + 1.8, 3.9 * nrow + 0.5)
+    scales = []
+    for i, c in enumerate(axes):
+        spec = g.specs[c]
+        scale = cost_scale(spec.unit)
+        ax = fig.add_subplot(nrow, ncol, i + 1)
         pts = []
         for r in rows:
-            x, xe = _mean_ci(r.stats.get(col))
-            y, ye = _mean_ci(r.stats[primary])
+            x, _ = _mean_ci(r.stats.get(c))
+            y, ye = _mean_ci(r.stats[col])
             if math.isnan(x):
                 continue
-            if scale == "log":
-                x = max(x, 1e-7)
             st = styles[r.method]
             ax.errorbar(x, y, yerr=ye, fmt=st["marker"], color=st["color"], ms=st["size"], capsize=2, elinewidth=0.8,
                         label=_label(r), zorder=4 if r.is_reference else 3,
                         mec="white" if not r.is_reference else "black", mew=0.6)
-            pts.append((x, y))
-        front = _pareto(pts)
+            if not r.is_ref_row:
+                pts.append((x, -y if higher else y))
+        front = [(x, -y if higher else y) for x, y in _pareto(pts)]
         if len(front) > 1:
             fx, fy = zip(*front)
             ax.step(fx, fy, where="post", color="0.5", lw=1, ls="--", zorder=2, label="Pareto front")
+        xs = [_mean_ci(r.stats.get(c))[0] for r in rows]
+        xs = [x for x in xs if not math.isnan(x)]
+        if scale == "log" and min(xs) <= 0:  # zero cost (the no-op) on a log axis: linear around zero
+            scale = "symlog"
         if scale == "symlog":
-            xs = [p[0] for p in pts] or [0.0]
-            ax.set_xscale("symlog", linthresh=1.0)
-            ax.set_xlim(min(-0.5, 1.5 * min(xs)), max(10.0, 2.0 * max(xs)))
+            pos = [x for x in xs if x > 0]
+            lin = 10.0 ** math.floor(math.log10(min(pos))) if pos else 1.0  # a power of ten: 0, lin, 10 lin, ...
+            ax.set_xscale("symlog", linthresh=lin)
+            ax.set_xlim(min(-0.3 * lin, 1.5 * min(xs)), max(10 * lin, 2.0 * max(xs)))
         else:
             ax.set_xscale(scale)
-        if scale == "linear" and pts:
+        if scale == "linear":
             from matplotlib.ticker import MaxNLocator
 
-            xs = [p[0] for p in pts]
             mid, span = (max(xs) + min(xs)) / 2, max(max(xs) - min(xs), 0.02 * abs(max(xs)), 1e-9)
             ax.set_xlim(mid - 0.7 * span, mid + 0.7 * span)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
             ax.ticklabel_format(axis="x", useOffset=False, style="plain")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{primary} (lower is better)" if i == 0 else "")
-        if scale != "linear":
+        scales.append(f"{c} ({spec.unit or 'no unit'}, {scale})")
+        ax.set_xlabel(f"{c} ({spec.unit})" if spec.unit else c)
+        ax.set_ylabel(f"{col} ({'higher' if higher else 'lower'} is better)" if i % ncol == 0 else "")
+        if scale == "log":
             ax.margins(x=0.1)
         ax.margins(y=0.1)
-        if all(p[1] >= 0 for p in pts):  # gaps are non-negative: a CI below zero is not drawn below -0.02
+        if all(_mean_ci(r.stats[col])[0] >= 0 for r in rows):  # a CI of a non-negative value: not far below 0
             ax.set_ylim(bottom=max(ax.get_ylim()[0], -0.02))
-    _legend_outside(fig, fig.axes[0])
-    fig.suptitle(_title(f"Cost vs {primary}", g), fontsize="medium", fontweight="bold")
-    cap = _caption(g, f"The primary score ({primary}, lower is better) against cost: wall time of the unlearn call "
-                      "(log scale), peak memory during it, and bytes added to the deployed model (symmetric log, "
-                      "linear below 1 byte). "
-                      "The dashed step line is the Pareto front (no method is both cheaper and closer to retrain). "
-                      "Timing and memory were measured on a shared machine only if the provenance says so.",
+    handles, labels = [], []
+    for ax in fig.axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    _legend_outside(fig, handles, labels)
+    fig.suptitle(_title(f"Cost vs {col}", g), fontsize="medium", fontweight="bold")
+    better = "higher" if higher else "lower"
+    cap = _caption(g, f"The rank value ({col}, {better} is better) against every cost value declared lower-is-better "
+                      "that differs between methods, one panel each, on a scale chosen by its unit (" +
+                      "; ".join(scales) + "; symlog is linear near zero, used where a method costs 0). The dashed "
+                      "step line is the Pareto front of the methods (reference rows excluded): no method is both "
+                      "cheaper and better ranked. Times were measured on a shared machine only if the provenance says "
+                      "so." + (" The same for every method, not drawn: " + ", ".join(constant) + "." if constant else "")
+                   + (" Not measured in this cell: " + ", ".join(c for c in g.nan_cols if c in g.specs and
+                                                                 g.specs[c].kind == "cost") + "."
+                      if any(c in g.specs and g.specs[c].kind == "cost" for c in g.nan_cols) else ""),
                    "The retrain reference is the black star.", _missing(g))
     return save(fig, out / "cost_pareto", cap)
 
@@ -324,47 +375,28 @@ def _roc(labels: np.ndarray, scores: np.ndarray, grid: np.ndarray) -> np.ndarray
     return np.interp(grid, fpr, tpr)
 
 
-def roc_sources(arrays: Mapping[str, np.ndarray], values: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """Which stored arrays are the per-example scores behind which stored AUC.
-
-    For every ``<prefix>.labels`` (binary, 1 = member), each float array ``<prefix>.<x>`` of the same
-    length whose ROC AUC equals (within 1e-9) a stored value named ``<prefix>...auc`` is that metric's
-    score: ``mia.loss_auc.scores`` -> ``mia.loss_auc``, ``mia.lira.online`` -> ``mia.lira_online_auc``.
-    No attack's array names are hard-coded. Returns {auc value name: (labels key, scores key)}."""
-    from sklearn.metrics import roc_auc_score
-
+def roc_sources(g: Group, arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[str, str]]:
+    """Which stored arrays are the per-example labels and scores behind which shown value: the ``roc``
+    of each value's declaration, where the run stored both arrays. Returns {value name: (labels key,
+    scores key)}."""
     out: dict[str, tuple[str, str]] = {}
-    for lk in sorted(k for k in arrays if k.endswith(".labels")):
-        prefix = lk[: -len(".labels")]
-        y = np.asarray(arrays[lk])
-        if y.ndim != 1 or len(np.unique(y)) != 2:
-            continue
-        targets = {n: float(v) for n, v in values.items() if n.startswith(prefix) and n.endswith("auc")
-                   and isinstance(v, (int, float)) and math.isfinite(float(v))}
-        for sk in sorted(k for k in arrays if k.startswith(prefix + ".") and k != lk):
-            a = np.asarray(arrays[sk])
-            if a.shape != y.shape or a.dtype.kind != "f" or not targets:
-                continue
-            s = np.nan_to_num(a.astype(np.float64), nan=-np.inf, posinf=np.finfo(np.float64).max,
-                              neginf=np.finfo(np.float64).min)
-            auc = float(roc_auc_score(y, s))
-            for n in sorted(targets):
-                if n not in out and abs(targets[n] - auc) <= 1e-9:
-                    out[n] = (lk, sk)
-                    break
+    for c in g.score_cols:
+        spec = g.specs.get(c)
+        if spec is not None and spec.roc and all(k in arrays for k in spec.roc):
+            out[c] = (spec.roc[0], spec.roc[1])
     return out
 
 
 def roc_curves(g: Group, styles, out: Path, scores: Mapping[str, Mapping[str, np.ndarray]],
-               run_values: Mapping[str, Mapping[str, Any]], original: str = "original") -> list[FigureFile | str]:
+               original: str = "original") -> list[FigureFile | str]:
     rows = _ok(g.rows)
     sources: dict[str, tuple[str, str]] = {}
     for r in rows:
         for rid in r.run_ids[:1]:
-            for n, src in roc_sources(scores.get(rid, {}), run_values.get(rid, {})).items():
+            for n, src in roc_sources(g, scores.get(rid, {})).items():
                 sources.setdefault(n, src)
     if not sources:
-        return [f"{_where(g)}: no stored per-example attack scores matching a stored AUC: skipped roc"]
+        return [f"{_where(g)}: no stored per-example scores behind a declared ROC: skipped roc"]
     results: list[FigureFile | str] = []
     for name in sorted(sources):
         lk, sk = sources[name]
@@ -405,33 +437,25 @@ def roc_curves(g: Group, styles, out: Path, scores: Mapping[str, Mapping[str, np
     return results
 
 
-_BEFORE_SUFFIXES = ("_original", "_before")
+def before_after_cols(g: Group) -> list[str]:
+    """Shown scores whose declaration names the same quantity on the original model (``before``)."""
+    return [c for c in g.score_cols if g.specs.get(c) is not None and g.specs[c].before]
 
 
-def _asr_names(g: Group) -> list[str]:
-    """Attack-success-rate values: a name whose last dotted part starts with ``asr`` (``backdoor.asr``),
-    other than a before-unlearning copy (``<name>_original`` / ``<name>_before``)."""
-    return [c for c in g.score_cols + g.diag_cols
-            if c.split(".")[-1].lower().startswith("asr") and not c.endswith(_BEFORE_SUFFIXES)]
-
-
-def backdoor_asr(g: Group, styles, out: Path, original: str, reference: str) -> list[FigureFile | str]:
-    names = _asr_names(g)
-    if not names:
-        return []
+def before_after(g: Group, styles, out: Path, original: str, reference: str) -> list[FigureFile | str]:
+    """Per value with a declared ``before`` (e.g. backdoor ASR): the value after unlearning per method as bars,
+    the original model's value (before) and retrain's as lines."""
     rows = _ok(g.rows)
     results: list[FigureFile | str] = []
     orig = next((r for r in rows if r.method == original), None)
     ref = next((r for r in rows if r.is_reference), None)
-    for name in names:
+    for name in before_after_cols(g):
+        spec = g.specs[name]
         before, where = float("nan"), ""
-        for suffix in _BEFORE_SUFFIXES:  # the original model's value, recorded beside every run
-            vals = [r.stats[name + suffix].mean for r in rows if r.stats.get(name + suffix) and
-                    r.stats[name + suffix].n]
-            if vals:
-                before, where = float(np.mean(vals)), f"{name}{suffix}"
-                break
-        if math.isnan(before) and orig is not None and orig.stats.get(name) and orig.stats[name].n:
+        vals = [r.stats[spec.before].mean for r in rows if r.stats.get(spec.before) and r.stats[spec.before].n]
+        if vals:  # the original model's value, recorded beside every run
+            before, where = float(np.mean(vals)), spec.before
+        elif orig is not None and orig.stats.get(name) and orig.stats[name].n:
             before, where = orig.stats[name].mean, f"{name} of {original}"
         fig = _fig(7.5, max(2.8, 0.32 * len(rows) + 1.4))
         ax = fig.add_subplot()
@@ -447,16 +471,19 @@ def backdoor_asr(g: Group, styles, out: Path, original: str, reference: str) -> 
         ax.set_yticks(ypos)
         ax.set_yticklabels([_label(r) for r in rows])
         ax.invert_yaxis()
-        ax.set_xlim(0, 1.05)
-        ax.set_xlabel(f"attack success rate after unlearning ({name})")
+        if spec.unit == "fraction":
+            ax.set_xlim(0, 1.05)
+        ax.set_xlabel(f"{name} after unlearning" + (f" ({spec.unit})" if spec.unit else ""))
         ax.set_ylabel("method")
-        ax.set_title(_title(f"Backdoor ASR before/after", g), fontsize="medium")
+        ax.set_title(_title(f"{name}: before and after unlearning", g), fontsize="medium")
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="small")
-        cap = _caption(g, f"Backdoor attack success rate ({name}) after unlearning per method (bars); the red line is "
-                          f"the ASR before unlearning ({where or 'not recorded'}), the dashed line retrain's. "
-                          "Lower is better; retrain's value is what a model never trained on the poison shows.",
+        better = {"higher": "Higher is better", "lower": "Lower is better",
+                  "closest": "Closest to retrain is better"}.get(spec.direction, "No direction is declared")
+        cap = _caption(g, f"{name} ({spec.definition}) after unlearning per method (bars); the red line is its value "
+                          f"before unlearning ({where or 'not recorded'}), the dashed line retrain's. {better}; "
+                          "retrain's value is what a model never trained on the forget set shows.",
                        "Retrain's value is the dashed black line.", _missing(g))
-        results.append(save(fig, out / f"backdoor_{sanitize(name)}", cap))
+        results.append(save(fig, out / f"before_after_{sanitize(name)}", cap))
     return results
 
 
@@ -538,16 +565,71 @@ def class_heatmap(g: Group, out: Path, scores: Mapping[str, Mapping[str, np.ndar
 # ------------------------------------------------------------------------------------ all of them
 
 
+def critical_difference(cr: CellRanks, styles, out: Path, stem: str = "critical_difference") -> FigureFile | str:
+    """The critical-difference diagram of a suite (Demšar 2006): mean ranks over the blocks on an axis, the
+    Nemenyi critical difference as a bar, and thick lines joining methods the post-hoc cannot tell apart
+    (all of them when the Friedman test does not reject). Drawn by scikit-posthocs'
+    ``critical_difference_diagram`` on this module's own figure."""
+    if not cr.methods or not cr.tested:
+        return f"suite {cr.suite}: no critical-difference diagram: {cr.reason or 'no ranked methods'}"
+    import pandas as pd
+    import scikit_posthocs as sp
+
+    sig = pd.DataFrame([[1.0 if a == b or not cr.differs(a, b) else cr.pairwise_p[(a, b)] for b in cr.methods]
+                        for a in cr.methods], index=cr.methods, columns=cr.methods)
+    Figure, _ = _mpl()
+    k = len(cr.methods)
+    fig = Figure(figsize=(9.0, 2.2 + 0.28 * k), dpi=DPI)  # labels sit outside the axes: fixed margins
+    ax = fig.add_subplot()
+    fig.subplots_adjust(left=0.24, right=0.76, top=1 - 0.9 / (2.2 + 0.28 * k), bottom=0.03)
+    sp.critical_difference_diagram(pd.Series(cr.mean_rank), sig, ax=ax, alpha=cr.alpha,
+                                   label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
+                                   color_palette={m: styles[m]["color"] for m in cr.methods},
+                                   label_props={"fontsize": "small"}, elbow_props={"lw": 1})
+    ax.grid(False)
+    ax.set_xlim(1, max(k, 2))
+    ax.xaxis.set_major_locator(__import__("matplotlib.ticker", fromlist=["MaxNLocator"]).MaxNLocator(integer=True))
+    x0 = 1 + 0.02 * (k - 1)  # the critical difference as a bar above the axis, from the best end
+    ax.plot([x0, x0 + cr.cd], [1.3, 1.3], color="black", lw=1.6, solid_capstyle="butt")
+    for x in (x0, x0 + cr.cd):
+        ax.plot([x, x], [1.15, 1.45], color="black", lw=1.2)
+    ax.text(x0 + cr.cd / 2, 1.55, f"CD = {cr.cd:.2f}", ha="center", va="bottom", fontsize="small")
+    ax.set_ylim(top=2.0)
+    col = cr.by.column
+    fig.suptitle(f"Mean rank by {col} over {len(cr.blocks)} cells (suite {cr.suite}); Friedman p = {cr.p:.2g}",
+                 fontsize="medium", fontweight="bold")
+    verdict = ("the ranks differ (p < α), so the Nemenyi post-hoc applies" if cr.significant else
+               "no difference between the methods is detected (p ≥ α), so every method is joined to every other")
+    dropped = ""
+    if cr.dropped_methods:
+        dropped += " Methods dropped (a value in too few blocks): " + ", ".join(
+            f"{m} ({n} of {total} blocks)" for m, n, total in cr.dropped_methods) + "."
+    if cr.dropped_blocks:
+        dropped += " Blocks dropped (a kept method has no value): " + ", ".join(
+            f"{block_label(b)} (no {', '.join(missing)})" for b, missing in cr.dropped_blocks) + "."
+    cap = (f"Suite {cr.suite}: critical-difference diagram (Demšar 2006). Blocks are the {len(cr.blocks)} (dataset, "
+           f"model, request, device, seed) cells; within each, the {len(cr.methods)} ranked methods are ranked by "
+           f"{col} ({'higher' if cr.by.higher else 'lower'} is better; 1 = best, ties share the average rank); the "
+           "axis shows each method's mean rank (best on the left). Reference rows (original, retrain) are not ranked. "
+           f"Friedman χ² = {cr.statistic:.3g}, p = {cr.p:.2g}: {verdict}. The bar marked CD is the Nemenyi critical "
+           f"difference ({cr.cd:.3g} at α = {cr.alpha:g}); a thick horizontal line joins methods whose Nemenyi p is at "
+           f"least α (cannot be told apart). Rule for missing values: {MISSING_RULE}.{dropped}")
+    return save(fig, out / stem, cap)
+
+
 def render_all(rows: Iterable[dict[str, Any]], scores: Mapping[str, Mapping[str, np.ndarray]], out_dir: Path, *,
-               primary: str = "avg_gap", reference: str = "retrain", original: str = "original",
-               method_order: Sequence[str] | None = None,
+               specs: Mapping[str, Any] | Callable | None = None, references: Sequence[str] | None = None,
+               primary: str = "avg_gap", higher_is_better: bool | None = None, reference: str = "retrain",
+               original: str = "original", method_order: Sequence[str] | None = None,
                class_info: Callable[[Group], ClassInfo | None] | None = None) -> FigureReport:
-    """Every figure for every group. ``scores`` maps run_id -> the run's per-example arrays;
-    ``class_info(group)`` gives the test labels and forgotten classes for class-forgetting heatmaps (None:
-    the heatmap is skipped with a note)."""
+    """Every figure for every group, and a critical-difference diagram per suite. ``scores`` maps run_id ->
+    the run's per-example arrays; ``specs``, ``references``, ``higher_is_better``: as for
+    :func:`.leaderboard.build` (the declarations decide what each figure draws); ``class_info(group)`` gives
+    the test labels and forgotten classes for class-forgetting heatmaps (None: the heatmap is skipped with a
+    note)."""
     rows = list(rows)
-    run_values = {str(r.get("run_id", "")): r for r in rows}
-    lb = build(rows, primary=primary, method_order=method_order, reference=reference)
+    lb = build(rows, primary=primary, specs=specs, higher_is_better=higher_is_better, references=references,
+               method_order=method_order, reference=reference)
     report = FigureReport([], [])
     out_dir = Path(out_dir)
     with _style_context():
@@ -559,11 +641,15 @@ def render_all(rows: Iterable[dict[str, Any]], scores: Mapping[str, Mapping[str,
             out = out_dir / sanitize(f"{g.dataset}_{g.model}_{g.request}_{g.device}")
             results: list[FigureFile | str] = [forget_vs_test(g, styles, out), mia_bars(g, styles, out, reference),
                                                cost_pareto(g, styles, out, primary)]
-            results += roc_curves(g, styles, out, scores, run_values, original)
-            asr = backdoor_asr(g, styles, out, original, reference)
-            results += asr or [f"{_where(g)}: no backdoor metrics (asr): skipped backdoor ASR"]
+            results += roc_curves(g, styles, out, scores, original)
+            results += (before_after(g, styles, out, original, reference) or
+                        [f"{_where(g)}: no value declares a before-unlearning counterpart: skipped before_after"])
             if g.request_kind == "class":
                 results.append(class_heatmap(g, out, scores, class_info(g) if class_info else None))
             for r in results:
                 (report.skipped if isinstance(r, str) else report.written).append(r)
+        for cr in lb.suites:
+            stem = "critical_difference" if len(lb.suites) == 1 else f"critical_difference_{sanitize(cr.suite)}"
+            r = critical_difference(cr, styles, out_dir, stem)
+            (report.skipped if isinstance(r, str) else report.written).append(r)
     return report

@@ -1,23 +1,32 @@
-"""Leaderboards: a pure function of stored run rows (``RunRecord.row()`` dicts), rendered as Markdown,
-self-contained HTML, CSV or LaTeX.
+"""Leaderboards: a pure function of stored run rows (``RunRecord.row()`` dicts) and the declarations of
+their values, rendered as Markdown, self-contained HTML, CSV or LaTeX.
 
-Per (suite, dataset, model, request, device) three tables share one row order:
+Every value is placed by its declaration (a mapping name -> :class:`unlearnbench.attacks.ValueSpec`
+that the CLI passes in: ``kind``, ``direction``, ``unit``, ``definition``, ``table``), never by its
+name. Per (suite, dataset, model, request, device) up to four tables share one row order:
 
-- **Scores**: every evaluation metric, each cell the mean ± the half-width of a 95% confidence interval
-  over seeds (Student t with n − 1 degrees of freedom) and n; the ``retrain (reference)`` row first,
-  the methods ranked by the primary score (default ``avg_gap``, lower is better), and, where a paper
-  reports a number for the cell (:mod:`.anchors`), a ``reported`` row under the method it describes.
-- **Gaps to retrain**: ``gap.<metric> = |m(θ_u) − m(θ_r)|`` per seed, aggregated the same way.
-- **Cost**: ``time_s``, ``speedup_vs_retrain``, ``peak_mem_mib``, ``extra_params``, ``extra_bytes``.
+- **Scores**: the primary score first, then every value of kind ``score``, each cell the mean ± the
+  half-width of a 95% confidence interval over seeds (Student t with n − 1 degrees of freedom) and n;
+  the reference rows first (``retrain``, the target every gap is measured against, then ``original``,
+  the no-op), never ranked; the methods ranked by the primary score in its declared direction, each
+  rank marked "≈ best" when the method cannot be told apart from the best (:mod:`.ranking`); and,
+  where a paper reports a number for the cell (:mod:`.anchors`), a ``reported`` row under the method
+  it describes. A value nothing declares is shown here too, with a note.
+- **Gaps to retrain**: values of kind ``gap`` (``gap.<m> = |m(θ_u) − m(θ_r)|`` per seed, ``avg_gap``).
+- **Cost**: values of kind ``cost`` (time, example passes and FLOPs, speed-ups, memory, storage, and
+  any ``work.<unit>``).
+- **Diagnostics**: values of kind ``diagnostic`` (what a method or the harness reports about the run).
 
-Methods that were not applicable or failed keep their row, marked as such, with the reason below the
-table. Method-reported diagnostics (``<method>.<key>``) get their own table; the harness's per-phase
-timings (``cell.*``) are in the CSV only. Column headers are the metrics' registered names, defined
-in docs/METRICS.md and listed under "Definitions". Each section ends with the provenance of its runs
-(commit and dirty flag, device, precision, library versions, dates).
+Values declared ``table=False`` (the harness's per-phase timings ``cell.*``, the reference's own cost)
+are in the CSV only. Methods that were not applicable or failed keep their row, marked as such, with
+the reason below the table. After the cells, per suite, the mean rank of every ranked method across the
+suite's cells with a Friedman test and a Nemenyi post-hoc. Column headers are the values' registered
+names, defined in docs/metrics.md and under "Definitions" (from the declarations). Each section ends
+with the provenance of its runs (commit and dirty flag, device, precision, library versions, dates).
 
-Determinism: the output depends on the rows alone (sorted by identity, seeds in order, fixed number
-formats), except the one line that says when the document was generated (``generated_at``).
+Determinism: the output depends on the rows and declarations alone (sorted by identity, seeds in order,
+fixed number formats), except the one line that says when the document was generated
+(``generated_at``).
 """
 
 from __future__ import annotations
@@ -29,25 +38,22 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 from .anchors import ANCHORS, Anchor, find_anchors
+from .ranking import (ALPHA, CD_TEST, MISSING_RULE, TIE_TEST, CellRanks, RankBy, Tie, block_label, cell_ranks,
+                      device_of, latest_rows, method_key, num, rank_by, spec_lookup, ties_with_best)
 
 IDENTITY = ("cell_key", "suite", "dataset", "model", "request", "method", "seed", "status", "config_hash", "reason",
             "run_id", "scores_file", "created_at", "config", "hashes", "env")
-COST = ("time_s", "speedup_vs_retrain", "peak_mem_mib", "extra_params", "extra_bytes")
-HARNESS = ("original_train_time_s", "retrain_time_s")  # and every "cell.*" phase timing
 FORMATS = ("md", "html", "csv", "tex")
 DATE_PREFIX = "Generated: "
+DOCS = "docs/metrics.md"
+ARROWS = {"higher": "↑", "lower": "↓", "closest": "≈"}
+SCORE_UNITS = ("fraction", "AUC")  # shown with three decimals; other units with three significant digits
 
-
-@dataclass(frozen=True)
-class MetricDef:
-    """A registered metric group: its name, the value names it produces, and its one-line definition."""
-
-    group: str
-    produces: tuple[str, ...]
-    description: str
+__all__ = ["ALPHA", "Group", "Leaderboard", "MethodRow", "Stat", "Table", "build", "document", "fmt_num", "fmt_stat",
+           "latest_rows", "method_key", "provenance", "render", "sanitize", "strip_date", "to_csv"]
 
 
 @dataclass(frozen=True)
@@ -84,9 +90,11 @@ class MethodRow:
     seeds_failed: tuple[int, ...]
     reasons: tuple[str, ...]
     stats: dict[str, Stat]
-    is_reference: bool = False
+    is_reference: bool = False  # the retrain reference: the target every gap is measured against
+    is_baseline: bool = False  # another reference row (the no-op original): shown, never ranked
     run_ids: tuple[str, ...] = ()  # the ok runs, in seed order (for per-example scores)
-    rank: str = "—"
+    rank: str = "—"  # "ref", a number, or "—" (not ranked)
+    tie: Tie | None = None  # the comparison with the best of the cell (ranked methods after the first)
     anchors: list[tuple[Anchor, str]] = field(default_factory=list)  # (anchor, dataset note)
 
     @property
@@ -98,6 +106,14 @@ class MethodRow:
         if self.seeds_ok:
             return "ok"
         return "failed" if self.seeds_failed else "not_applicable"
+
+    @property
+    def is_ref_row(self) -> bool:
+        return self.is_reference or self.is_baseline
+
+    @property
+    def rank_text(self) -> str:
+        return f"{self.rank} (≈ best)" if self.tie is not None and self.tie.tied else self.rank
 
     def n_text(self) -> str:
         extra = [f"+{len(s)} {w}" for s, w in ((self.seeds_failed, "failed"), (self.seeds_na, "n/a")) if s]
@@ -116,7 +132,7 @@ class Group:
     gap_cols: list[str]
     cost_cols: list[str]
     diag_cols: list[str]
-    harness_cols: list[str]
+    csv_cols: list[str]  # declared table=False: in the CSV only
     nan_cols: list[str]
     has_primary: bool
     has_reference: bool
@@ -124,83 +140,82 @@ class Group:
     dataset_name: str = ""  # the dataset source (config), e.g. "cifar10-jpeg"
     request_kind: str = ""
     request_params: dict[str, Any] = field(default_factory=dict)
+    rank_column: str | None = None  # what ranks here (the primary, or its gap to retrain); None: not ranked
+    rank_higher: bool = False  # whether higher values of rank_column rank first
+    notes: list[str] = field(default_factory=list)  # about the ranking of this cell
+    specs: Mapping[str, Any] = field(default_factory=dict, repr=False)  # declaration of every value shown
 
     @property
     def title(self) -> str:
         return f"{self.dataset} / {self.model} / {self.request} ({self.device})"
+
+    @property
+    def cost_axes(self) -> list[str]:
+        """Every cost value of the cell (CSV-only ones included) whose declared direction is lower, with a
+        value: what a cost figure draws."""
+        return [c for c in self.cost_cols + self.csv_cols if c not in self.nan_cols
+                and _is(self.specs.get(c), "cost") and self.specs[c].direction == "lower"]
 
 
 @dataclass
 class Leaderboard:
     title: str
     primary: str
-    higher_is_better: bool
+    by: RankBy
     reference: str
+    references: tuple[str, ...]
     groups: list[Group]
-    definitions: list[MetricDef]
+    definitions: list[str]  # one line per shown value (or family), from the declarations
+    notes: list[str]  # shown once, under the introduction (e.g. why CPU memory is not measured)
+    suites: list[CellRanks]  # mean ranks across the cells of each suite
     anchors: list[tuple[Anchor, str]]  # footnote order
-    undefined: list[str]  # shown columns that no registered metric group produces
+    undeclared: list[str]  # shown values that nothing declares
     superseded: int
     generated_at: str
+    alpha: float = ALPHA
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.by.higher
 
 
 # ------------------------------------------------------------------------------------ building
 
 
-def _device(row: dict[str, Any]) -> str:
-    env = row.get("env") or {}
-    return str(env.get("device_type") or "unknown")
-
-
-def method_key(row: dict[str, Any]) -> str:
-    """The row's method as tables group it: ``<method> (tuned)`` for rows whose hyperparameters an
-    ``unlearnbench tune`` overlay set (``config.params_source == "tuned"``), else the method name."""
-    cfg = row.get("config") or {}
-    return f"{row['method']} (tuned)" if cfg.get("params_source") == "tuned" else str(row["method"])
-
-
-def latest_rows(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """The newest row per (suite, dataset, model, request, method, seed, device); rows come oldest first
-    (as the store returns them) and are stably sorted by ``created_at``. Returns (rows, superseded count)."""
-    rows = sorted(rows, key=lambda r: str(r.get("created_at", "")))
-    newest: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        newest[(r["suite"], r["dataset"], r["model"], r["request"], method_key(r), int(r["seed"]), _device(r))] = r
-    return list(newest.values()), len(rows) - len(newest)
+def _is(spec: Any, kind: str) -> bool:
+    return spec is not None and spec.kind == kind
 
 
 def _metric_names(row: dict[str, Any]) -> list[str]:
     return [k for k in row if k not in IDENTITY]
 
 
-def _is_gap(name: str) -> bool:
-    return name.startswith("gap.") or name.endswith("_gap")
+def build(rows: Iterable[dict[str, Any]], *, primary: str = "avg_gap", specs: Mapping[str, Any] | Callable | None = None,
+          higher_is_better: bool | None = None, references: Collection[str] | None = None,
+          method_order: Sequence[str] | None = None, reference: str = "retrain", anchors: Sequence[Anchor] = ANCHORS,
+          generated_at: str = "", title: str | None = None, alpha: float = ALPHA) -> Leaderboard:
+    """Aggregate rows into a :class:`Leaderboard` (see the module docstring).
 
-
-def _is_harness(name: str) -> bool:
-    return name.startswith("cell.") or name in HARNESS
-
-
-def build(rows: Iterable[dict[str, Any]], *, primary: str = "avg_gap", higher_is_better: bool = False,
-          metric_defs: Sequence[MetricDef] = (), method_order: Sequence[str] | None = None,
-          reference: str = "retrain", anchors: Sequence[Anchor] = ANCHORS, generated_at: str = "",
-          title: str | None = None) -> Leaderboard:
-    """Aggregate rows into a :class:`Leaderboard` (see the module docstring)."""
+    ``specs``: the declaration of every value name in the rows (a mapping, ordered as the values were
+    declared, or a callable name -> spec or None); a value without one is shown as a score and listed as
+    undeclared. ``higher_is_better``: overrides the primary score's declared direction. ``references``:
+    the reference rows, never ranked (the methods tagged ``reference``; default: ``reference`` alone);
+    ``reference``: the one every gap is measured against."""
     rows, superseded = latest_rows(rows)
+    spec_of = spec_lookup(specs)
+    pos = {n: i for i, n in enumerate(specs)} if isinstance(specs, Mapping) else {}
+    refs = tuple(sorted(set(references or ()) | {reference}))
+    names = {n for r in rows if r.get("status") == "ok" for n in _metric_names(r)}
+    by = rank_by(primary, spec_of(primary), names, higher_is_better)
     order = {m: i for i, m in enumerate(method_order or ())}
     by_group: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        by_group.setdefault((r["suite"], r["dataset"], r["model"], r["request"], _device(r)), []).append(r)
-    produced = {n: d for d in metric_defs for n in d.produces}
-    used_defs: dict[str, MetricDef] = {}
+        by_group.setdefault((r["suite"], r["dataset"], r["model"], r["request"], device_of(r)), []).append(r)
     used_anchors: list[tuple[Anchor, str]] = []
     groups = []
     for key in sorted(by_group):
-        g = _build_group(key, by_group[key], primary, higher_is_better, produced, order, reference, anchors)
+        g = _build_group(key, by_group[key], primary, by, spec_of, pos, order, reference, refs, anchors, alpha)
         groups.append(g)
-        for c in g.score_cols + [primary]:
-            if c in produced:
-                used_defs.setdefault(produced[c].group, produced[c])
         for mr in g.rows:
             for a in mr.anchors:
                 if a not in used_anchors:
@@ -208,15 +223,50 @@ def build(rows: Iterable[dict[str, Any]], *, primary: str = "avg_gap", higher_is
     suites = sorted({k[0] for k in by_group})
     if title is None:
         title = "Leaderboard: " + (f"suite {', '.join(suites)}" if suites else "no results")
-    defs = [d for d in metric_defs if d.group in used_defs]
-    undefined = sorted({c for g in groups for c in g.score_cols if c not in produced})
-    return Leaderboard(title=title, primary=primary, higher_is_better=higher_is_better, reference=reference,
-                       groups=groups, definitions=defs, anchors=used_anchors, undefined=undefined,
-                       superseded=superseded, generated_at=generated_at)
+    shown = [c for g in groups for c in ([primary] if g.has_primary else []) + g.score_cols + g.gap_cols +
+             g.cost_cols + g.diag_cols]
+    undeclared = sorted({c for c in shown if spec_of(c) is None})
+    notes = sorted({str((r.get("env") or {}).get("peak_mem_note")) for r in rows
+                    if (r.get("env") or {}).get("peak_mem_note")})
+    ranks = [cell_ranks([r for r in rows if r["suite"] == s], by, refs, suite=s, alpha=alpha) for s in suites]
+    return Leaderboard(title=title, primary=primary, by=by, reference=reference, references=refs, groups=groups,
+                       definitions=definitions(list(dict.fromkeys(shown)), spec_of, {mr.method for g in groups
+                                                                                     for mr in g.rows}),
+                       notes=notes, suites=ranks, anchors=used_anchors, undeclared=undeclared,
+                       superseded=superseded, generated_at=generated_at, alpha=alpha)
 
 
-def _build_group(key: tuple, rows: list[dict[str, Any]], primary: str, higher: bool, produced: dict[str, MetricDef],
-                 order: dict[str, int], reference: str, anchors: Sequence[Anchor]) -> Group:
+def _classify(names: list[str], primary: str, spec_of: Callable, pos: dict[str, int], group_order: list[str]):
+    """(score, gap, cost, diagnostic, csv-only) columns of a cell, each in declaration order."""
+    def spos(n: str) -> tuple:
+        return (pos.get(n, len(pos)), n)
+
+    cols: dict[str, list[str]] = {k: [] for k in ("score", "gap", "cost", "diagnostic", "csv")}
+    for n in names:
+        if n == primary:
+            continue
+        spec = spec_of(n)
+        if spec is not None and not spec.table:
+            cols["csv"].append(n)
+        else:
+            cols[spec.kind if spec is not None and spec.kind in cols else "score"].append(n)
+
+    def score_key(n: str) -> tuple:
+        spec = spec_of(n)
+        grp = spec.group if spec is not None else ""
+        return (spec is None, group_order.index(grp) if grp in group_order else len(group_order)) + spos(n)
+
+    scores = sorted(cols["score"], key=score_key)
+    # a gap beside the value it measures: in the order of the shown values, then any other gap
+    gaps = [f"gap.{c}" for c in scores if f"gap.{c}" in cols["gap"]]
+    gaps += sorted((g for g in cols["gap"] if g not in gaps), key=spos)
+    return (scores, gaps, sorted(cols["cost"], key=spos), sorted(cols["diagnostic"], key=spos),
+            sorted(cols["csv"], key=spos))
+
+
+def _build_group(key: tuple, rows: list[dict[str, Any]], primary: str, by: RankBy, spec_of: Callable,
+                 pos: dict[str, int], order: dict[str, int], reference: str, refs: tuple[str, ...],
+                 anchors: Sequence[Anchor], alpha: float) -> Group:
     suite, dataset, model, request, device = key
     by_method: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -226,27 +276,13 @@ def _build_group(key: tuple, rows: list[dict[str, Any]], primary: str, higher: b
     for r in sorted(rows, key=lambda r: (method_key(r), int(r["seed"]))):
         if r["status"] == "ok":
             names += [n for n in _metric_names(r) if n not in names]
-    # the metric groups in the order the suite lists them, then any value no registered group produces
+    # the metric groups in the order the suite lists them
     group_order: list[str] = []
     for r in rows:
         for gname in (r.get("config") or {}).get("metrics", []):
             if gname not in group_order:
                 group_order.append(gname)
-    method_prefixes = tuple(f"{m}." for m in by_method)
-    score_cols: list[str] = []
-    for gname in group_order:
-        for d in {d.group: d for d in produced.values()}.get(gname, MetricDef(gname, (), "")).produces:
-            if d in names and d != primary:
-                score_cols.append(d)
-    rest = [n for n in names if n not in score_cols and n != primary]
-    diag_cols = sorted(n for n in rest if n.startswith(method_prefixes) and n not in produced)
-    harness_cols = sorted(n for n in rest if _is_harness(n))
-    cost_cols = [c for c in COST if c in rest]
-    gaps = [n for n in rest if _is_gap(n)]
-    gap_cols = [g for g in [f"gap.{c}" for c in score_cols] if g in gaps]
-    gap_cols += sorted(g for g in gaps if g not in gap_cols)
-    taken = set(diag_cols) | set(harness_cols) | set(cost_cols) | set(gap_cols)
-    score_cols += sorted(n for n in rest if n not in taken and n not in score_cols)
+    score_cols, gap_cols, cost_cols, diag_cols, csv_cols = _classify(names, primary, spec_of, pos, group_order)
 
     ds_cfg: dict[str, Any] = {}
     req_cfg: dict[str, Any] = {}
@@ -255,6 +291,7 @@ def _build_group(key: tuple, rows: list[dict[str, Any]], primary: str, higher: b
         ds_cfg = ds_cfg or cfg.get("dataset", {})
         req_cfg = req_cfg or cfg.get("request", {})
     mrows: list[MethodRow] = []
+    per_seed: dict[str, dict[int, float]] = {}
     for m in methods:
         rs = sorted(by_method[m], key=lambda r: int(r["seed"]))
         ok = [r for r in rs if r["status"] == "ok"]
@@ -265,38 +302,66 @@ def _build_group(key: tuple, rows: list[dict[str, Any]], primary: str, higher: b
                 what = "not applicable" if r["status"] == "not_applicable" else "failed"
                 reasons.append(f"{what}: {first}")
         uniq = tuple(dict.fromkeys(reasons))
-        stats = {n: Stat.of([_num(r.get(n)) for r in ok if n in r]) for n in names}
+        stats = {n: Stat.of([num(r.get(n)) for r in ok if n in r]) for n in names}
         mr = MethodRow(method=m, seeds_ok=tuple(int(r["seed"]) for r in ok),
                        seeds_na=tuple(int(r["seed"]) for r in rs if r["status"] == "not_applicable"),
                        seeds_failed=tuple(int(r["seed"]) for r in rs if r["status"] == "failed"),
                        reasons=uniq, stats={k: v for k, v in stats.items() if v.n or v.n_nan},
-                       is_reference=m == reference, run_ids=tuple(str(r.get("run_id", "")) for r in ok))
+                       is_reference=m == reference, is_baseline=m != reference and m in refs,
+                       run_ids=tuple(str(r.get("run_id", "")) for r in ok))
+        if by.column is not None:
+            per_seed[m] = {int(r["seed"]): num(r.get(by.column)) for r in ok if by.column in r}
         mr.anchors = [(a.anchor, a.note) for a in find_anchors(
             tuple(anchors), str(ds_cfg.get("name", dataset)), ds_cfg.get("train_subset"), model,
             str(req_cfg.get("kind", "")), dict(req_cfg.get("params", {})), m)]
         mrows.append(mr)
 
     # columns NaN in every run of this group (e.g. backdoor metrics on a random request) are listed, not shown
-    def defined(c: str) -> bool:
-        return any(mr.stats.get(c) is not None and mr.stats[c].n for mr in mrows)
+    def defined(c: str | None) -> bool:
+        return c is not None and any(mr.stats.get(c) is not None and mr.stats[c].n for mr in mrows)
 
-    nan_cols = [c for c in score_cols + gap_cols + cost_cols + diag_cols if not defined(c)]
+    nan_cols = [c for c in score_cols + gap_cols + cost_cols + diag_cols + csv_cols if not defined(c)]
     score_cols, gap_cols, cost_cols, diag_cols = ([c for c in cols if defined(c)]
                                                   for cols in (score_cols, gap_cols, cost_cols, diag_cols))
 
-    # ranking: every method but the reference with a finite primary score; ties share a rank
+    # ranking: every method but the reference rows with a finite rank value; equal means share a rank
+    notes: list[str] = []
+    column = by.column if defined(by.column) else None
+
     def pkey(mr: MethodRow) -> float:
-        s = mr.stats.get(primary)
+        s = mr.stats.get(column) if column else None
         return s.mean if s and s.n else float("nan")
 
-    rankable = [mr for mr in mrows if not mr.is_reference and mr.n and not math.isnan(pkey(mr))]
-    rankable.sort(key=lambda mr: ((-pkey(mr)) if higher else pkey(mr), order.get(mr.method, len(order)), mr.method))
+    rankable = [mr for mr in mrows if not mr.is_ref_row and mr.n and not math.isnan(pkey(mr))]
+    rankable.sort(key=lambda mr: ((-pkey(mr)) if by.higher else pkey(mr), order.get(mr.method, len(order)),
+                                  mr.method))
     prev, prev_rank = None, 0
     for i, mr in enumerate(rankable, 1):
         if pkey(mr) != prev:
             prev, prev_rank = pkey(mr), i
         mr.rank = str(prev_rank)
-    ref_rows = [mr for mr in mrows if mr.is_reference]
+    ties = ties_with_best(per_seed, [mr.method for mr in rankable], alpha) if column else {}
+    for mr in rankable:
+        mr.tie = ties.get(mr.method)
+    if column is None:
+        notes.append(by.reason or f"No `{by.column}` values in this cell: methods are not ranked.")
+    elif len(rankable) > 1:
+        untested = sorted({t.why for t in ties.values() if t.tied is None})
+        if untested and all(t.tied is None for t in ties.values()):
+            notes.append("One seed per method: ranked by the value alone; ties with the best are not tested."
+                         if untested == ["one seed: not tested"] else
+                         "Ties with the best are not tested here (" + "; ".join(untested) + ").")
+        else:
+            tied = [mr.method for mr in rankable if mr.tie is not None and mr.tie.tied]
+            notes.append(f"Ranked by {by.text}. ≈ best: cannot be told apart from `{rankable[0].method}` (the best "
+                         "mean) by a " + TIE_TEST.format(alpha=alpha) + ": " +
+                         (", ".join(f"`{m}`" for m in tied) if tied else "none") + "." +
+                         (" Not tested: " + ", ".join(f"`{mr.method}` ({mr.tie.why})" for mr in rankable
+                                                      if mr.tie is not None and mr.tie.tied is None) + "."
+                          if untested else ""))
+    ref_rows = sorted((mr for mr in mrows if mr.is_ref_row), key=lambda mr: (not mr.is_reference,
+                                                                             order.get(mr.method, len(order)),
+                                                                             mr.method))
     for mr in ref_rows:
         mr.rank = "ref"
     ranked_ids = {id(mr) for mr in rankable} | {id(mr) for mr in ref_rows}
@@ -304,19 +369,62 @@ def _build_group(key: tuple, rows: list[dict[str, Any]], primary: str, higher: b
     rest_rows.sort(key=lambda mr: ({"ok": 0, "not_applicable": 1, "failed": 2}[mr.state],
                                    order.get(mr.method, len(order)), mr.method))
     display = ref_rows + rankable + rest_rows
+    shown = [primary] + score_cols + gap_cols + cost_cols + diag_cols + csv_cols + nan_cols
     return Group(suite=suite, dataset=dataset, model=model, request=request, device=device, rows=display,
                  score_cols=score_cols, gap_cols=gap_cols, cost_cols=cost_cols, diag_cols=diag_cols,
-                 harness_cols=harness_cols, nan_cols=nan_cols, has_primary=defined(primary),
-                 has_reference=bool(ref_rows and ref_rows[0].n), provenance=provenance(rows),
+                 csv_cols=csv_cols, nan_cols=nan_cols, has_primary=defined(primary),
+                 has_reference=any(mr.is_reference and mr.n for mr in ref_rows), provenance=provenance(rows),
                  dataset_name=str(ds_cfg.get("name", dataset)), request_kind=str(req_cfg.get("kind", "")),
-                 request_params=dict(req_cfg.get("params", {})))
+                 request_params=dict(req_cfg.get("params", {})), rank_column=column, rank_higher=by.higher,
+                 notes=notes,
+                 specs={c: spec_of(c) for c in shown if spec_of(c) is not None})
 
 
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
+# ------------------------------------------------------------------------------------ definitions
+
+
+def direction_text(spec: Any) -> str:
+    return {"higher": "higher is better", "lower": "lower is better",
+            "closest": "closest to retrain's value is better", "none": "no direction"}.get(spec.direction,
+                                                                                            spec.direction)
+
+
+def _spec_line(name: str, spec: Any) -> str:
+    unit = f"; unit {spec.unit}" if spec.unit else ""
+    sample = f" Sample: {spec.sample}." if spec.sample else ""
+    return f"`{name}` ({spec.kind}, {direction_text(spec)}{unit}): {spec.definition}.{sample}"
+
+
+def definitions(shown: Sequence[str], spec_of: Callable, methods: Collection[str] = ()) -> list[str]:
+    """One line per shown value, from its declaration: kind, direction, unit, definition, sample. The gaps
+    ``gap.<m>`` of shown values share one line; the diagnostics of one declaring group (a method's own
+    values) share one line; undeclared values are listed as such."""
+    items: list[str] = []
+    gap_of = [c for c in shown if f"gap.{c}" in shown and _is(spec_of(f"gap.{c}"), "gap")]
+    gap_names = {f"gap.{c}" for c in gap_of}
+    diag_groups: dict[str, list[str]] = {}
+    for c in shown:
+        spec = spec_of(c)
+        if spec is None:
+            continue
+        if c in gap_names:
+            if c == f"gap.{gap_of[0]}":  # the gaps of the shown values: one line, where the first one is
+                items.append(f"`gap.<m>` ({spec.kind}, {direction_text(spec)}; the unit of m), for m in " +
+                             ", ".join(f"`{m}`" for m in gap_of) + ": " + spec.definition.replace(gap_of[0], "m") +
+                             ".")
+            continue
+        if spec.kind == "diagnostic" and spec.group in methods:
+            diag_groups.setdefault(spec.group, []).append(c)
+            continue
+        items.append(_spec_line(c, spec))
+    for g, cs in diag_groups.items():
+        items.append(", ".join(f"`{c}`" for c in cs) + f" (diagnostic, never ranked): reported by the method `{g}` "
+                     "about its own run (its documentation says what each is).")
+    undeclared = [c for c in shown if spec_of(c) is None]
+    if undeclared:
+        items.append(", ".join(f"`{n}`" for n in undeclared) + ": nothing declares this value (shown as a score, "
+                     "without a direction; a metric no longer registered, or declarations not supplied).")
+    return items
 
 
 def provenance(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -421,25 +529,44 @@ def _status_cells(mr: MethodRow, ncols: int) -> list[str]:
 
 
 def _row_kind(mr: MethodRow) -> str:
-    if mr.is_reference and mr.n:
+    if mr.is_ref_row and mr.n:
         return "ref"
     return {"ok": "ok", "failed": "failed", "not_applicable": "na"}[mr.state]
 
 
 def _method_label(mr: MethodRow) -> str:
-    return f"{mr.method} (reference)" if mr.is_reference else mr.method
+    return f"{mr.method} (reference)" if mr.is_ref_row else mr.method
+
+
+def _fmt_kind(g: Group, col: str) -> str:
+    """Three decimals for fractions and AUCs (and undeclared values), three significant digits otherwise."""
+    spec = g.specs.get(col)
+    return "score" if spec is None or spec.unit in SCORE_UNITS else "cost"
+
+
+def _header(g: Group, col: str) -> str:
+    spec = g.specs.get(col)
+    arrow = ARROWS.get(spec.direction, "") if spec is not None else ""
+    return f"{col} {arrow}" if arrow else col
 
 
 def document(lb: Leaderboard) -> list[tuple[str, Any]]:
-    arrow = "↑" if lb.higher_is_better else "↓"
-    better = "higher" if lb.higher_is_better else "lower"
     blocks: list[tuple[str, Any]] = [("h1", lb.title), ("date", f"{DATE_PREFIX}{lb.generated_at}")]
-    blocks.append(("p", f"Primary score: `{lb.primary}` ({better} is better); methods are ranked by its mean. "
+    others = [r for r in lb.references if r != lb.reference]
+    ranked = (f"Methods are ranked by {lb.by.text}, by the mean over seeds; a rank marked **≈ best** means the method "
+              "cannot be told apart from the best-mean method of its cell (" + TIE_TEST.format(alpha=lb.alpha) +
+              "; with one seed, not tested). " if lb.by.column else f"Methods are not ranked: {lb.by.reason}. ")
+    blocks.append(("p", f"Primary score: `{lb.primary}`. " + ranked +
                         "Each cell: mean ± half-width of the 95% confidence interval over seeds (Student t, n − 1 "
                         "degrees of freedom); n = seeds with a result. "
-                        f"The `{lb.reference} (reference)` row is the retrain reference that every gap is measured "
-                        "against. Column names are the registered metric names defined in docs/METRICS.md "
-                        "(see Definitions)."))
+                        f"Reference rows are shown first and never ranked: `{lb.reference}` is the target every gap is "
+                        "measured against" + (", " + ", ".join(f"`{r}`" for r in others) + " the model before "
+                                              "unlearning" if others else "") + ". "
+                        "Column arrows come from each value's declaration: ↑ higher is better, ↓ lower is better, "
+                        f"≈ closest to {lb.reference}'s value is better. Column names are the registered value names "
+                        f"defined in {DOCS} (see Definitions)."))
+    for note in lb.notes:
+        blocks.append(("p", f"Note: {note}."))
     if lb.superseded:
         blocks.append(("p", f"{lb.superseded} older run(s) of the same cells were superseded by newer ones."))
     if not lb.groups:
@@ -447,31 +574,27 @@ def document(lb: Leaderboard) -> list[tuple[str, Any]]:
     anchor_ref = {a: i for i, a in enumerate(lb.anchors, 1)}
     for g in lb.groups:
         blocks.append(("h2", f"{g.suite}: {g.title}"))
-        blocks.append(("table", _scores_table(g, lb, anchor_ref, arrow)))
+        blocks.append(("table", _scores_table(g, lb, anchor_ref)))
         if g.gap_cols:
-            blocks.append(("table", _simple_table(g, g.gap_cols, "score", f"Gaps to {lb.reference}", skip_ref=True)))
+            blocks.append(("table", _simple_table(g, g.gap_cols, f"Gaps to {lb.reference}", skip_ref=True)))
         if g.cost_cols:
-            blocks.append(("table", _simple_table(g, g.cost_cols, "cost", "Cost")))
+            t = _simple_table(g, g.cost_cols, "Cost")
+            unmeasured = [c for c in g.nan_cols if _is(g.specs.get(c), "cost") and g.specs[c].table]
+            if unmeasured:
+                t.notes.append("Not measured in this cell (empty in every run): " +
+                               ", ".join(f"`{c}`" for c in unmeasured) + ".")
+            blocks.append(("table", t))
         if g.diag_cols:
             blocks.append(("table", _diag_table(g)))
         notes = []
-        if g.harness_cols:
-            notes.append("Harness timings (" + ", ".join(f"`{c}`" for c in _compact(g.harness_cols)) +
-                         ") are in the CSV output.")
+        if g.csv_cols:
+            notes.append("In the CSV output only (declared so): " + ", ".join(f"`{c}`" for c in g.csv_cols) + ".")
         blocks.append(("p", " ".join(notes + ["Provenance: " + " · ".join(g.provenance) + "."])))
+    for cr in lb.suites:
+        blocks += _ranks_blocks(cr, lb)
     if lb.groups:
         blocks.append(("h2", "Definitions"))
-        items = [f"`{d.group}` → " + ", ".join(f"`{n}`" for n in d.produces) + f": {d.description}"
-                 for d in lb.definitions]
-        if lb.undefined:
-            items.append(", ".join(f"`{n}`" for n in lb.undefined) + ": no registered metric group produces "
-                         "this name here (a metric no longer registered, or definitions not supplied).")
-        items += [f"`gap.<m>` = |m(unlearned) − m({lb.reference})| per seed; `avg_gap` = mean of the gaps of "
-                  "forget_acc, retain_acc, test_acc and mia.svc_efficacy (SalUn's Avg. Gap).",
-                  "`time_s`: wall time of the method's unlearn call alone; `speedup_vs_retrain`: retrain time_s / "
-                  "time_s; `peak_mem_mib`: peak CUDA memory (GPU) or resident-set peak (CPU) during the call; "
-                  "`extra_params`, `extra_bytes`: what the method adds to the deployed model."]
-        blocks.append(("list", items))
+        blocks.append(("list", list(lb.definitions)))
     if lb.anchors:
         blocks.append(("h2", "Reported numbers"))
         blocks.append(("list", [f"[{i}] {a.source}; setting: {a.setting}; the paper's method: {a.paper_method}; "
@@ -480,30 +603,68 @@ def document(lb: Leaderboard) -> list[tuple[str, Any]]:
     return blocks
 
 
-def _compact(cols: list[str]) -> list[str]:
-    out = [c for c in cols if not c.startswith("cell.")]
-    return (["cell.*"] if any(c.startswith("cell.") for c in cols) else []) + out
+def _p(p: float) -> str:
+    return "nan" if math.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
 
 
-def _scores_table(g: Group, lb: Leaderboard, anchor_ref: dict, arrow: str) -> Table:
+def _ranks_blocks(cr: CellRanks, lb: Leaderboard) -> list[tuple[str, Any]]:
+    """The mean rank of every ranked method across the cells of a suite, the Friedman test, the post-hoc."""
+    out: list[tuple[str, Any]] = [("h2", f"{cr.suite}: mean rank across cells")]
+    if not cr.methods:
+        out.append(("p", f"No mean ranks: {cr.reason}."))
+        return out
+    t = Table(caption="Mean rank across cells", header=["rank", "method", "mean rank", "≈ best"], rows=[])
+    best = cr.methods[0]
+    for i, m in enumerate(cr.methods, 1):
+        same = "—" if m == best else ("yes" if cr.tied_with_best(m) else "no")
+        t.rows.append(("ok", [str(i), m, f"{cr.mean_rank[m]:.2f}", same]))
+    by = f"`{cr.by.column}`" + (f" ({'higher' if cr.by.higher else 'lower'} is better)")
+    t.notes.append(f"Blocks: {len(cr.blocks)} of {cr.total_blocks} (dataset, model, request, device, seed) cells; "
+                   f"within each, the {len(cr.methods)} methods are ranked by {by}, 1 = best (ties share the "
+                   "average rank); reference rows are not ranked. Missing values: " + MISSING_RULE + ".")
+    if cr.tested:
+        verdict = ("the methods' ranks differ" if cr.significant else
+                   "no difference between the methods is detected, so every method is ≈ best")
+        t.notes.append(f"Friedman χ² = {cr.statistic:.3g}, p = {_p(cr.p)} ({verdict}); Nemenyi critical difference "
+                       f"CD = {cr.cd:.3g} at α = {cr.alpha:g}. ≈ best: the Nemenyi test does not tell the method "
+                       f"apart from `{best}` (the best mean rank). Test: " + CD_TEST.format(alpha=cr.alpha) + ".")
+    else:
+        t.notes.append(f"Not tested: {cr.reason}.")
+    if cr.dropped_methods:
+        t.notes.append("Dropped (a value in too few blocks): " + ", ".join(
+            f"`{m}` ({n} of {total})" for m, n, total in cr.dropped_methods) + ".")
+    if cr.dropped_blocks:
+        t.notes.append("Dropped blocks (a kept method has no value): " + ", ".join(
+            f"{block_label(b)} (no {', '.join(missing)})" for b, missing in cr.dropped_blocks) + ".")
+    out.append(("table", t))
+    return out
+
+
+def _scores_table(g: Group, lb: Leaderboard, anchor_ref: dict) -> Table:
     cols = ([lb.primary] if g.has_primary else []) + g.score_cols
-    header = ["rank", "method", "n"] + [f"{c} {arrow}" if c == lb.primary else c for c in cols]
+    header = ["rank", "method", "n"] + [_header(g, c) for c in cols]
     t = Table(caption="Scores", header=header, rows=[])
     for mr in g.rows:
         if mr.state == "ok":
-            cells = [fmt_stat(mr.stats.get(c), "score", mr.n) for c in cols]
+            cells = [fmt_stat(mr.stats.get(c), _fmt_kind(g, c), mr.n) for c in cols]
         else:
             cells = _status_cells(mr, len(cols))
-        t.rows.append((_row_kind(mr), [mr.rank, _method_label(mr), mr.n_text()] + cells))
+        t.rows.append((_row_kind(mr), [mr.rank_text, _method_label(mr), mr.n_text()] + cells))
         for a, note in mr.anchors:
             t.rows.append(("anchor", ["", f"↳ reported [{anchor_ref[(a, note)]}]", str(a.n) if a.n else "?"] +
                            [_anchor_cell(a, c) for c in cols]))
     if not g.has_primary:
-        t.notes.append(f"No `{lb.primary}` values in this cell: methods are not ranked.")
-    undefined = [c for c in g.nan_cols if not c.startswith("gap.")]
+        t.notes.append(f"No `{lb.primary}` values in this cell.")
+    t.notes += g.notes
+    undefined = [c for c in g.nan_cols if not _is(g.specs.get(c), "gap") and not _is(g.specs.get(c), "cost")
+                 and (g.specs.get(c) is None or g.specs[c].table)]
     if undefined:
         t.notes.append("Not defined for this request (NaN in every run; gaps likewise): " +
                        ", ".join(f"`{c}`" for c in undefined) + ".")
+    undeclared = [c for c in cols if c not in g.specs]
+    if undeclared:
+        t.notes.append("Nothing declares " + ", ".join(f"`{c}`" for c in undeclared) +
+                       ": shown as a score, without a direction.")
     if not g.has_reference:
         t.notes.append(f"No `{lb.reference}` results in this cell: no reference row, and no gaps.")
     for mr in g.rows:
@@ -512,19 +673,19 @@ def _scores_table(g: Group, lb: Leaderboard, anchor_ref: dict, arrow: str) -> Ta
     return t
 
 
-def _simple_table(g: Group, cols: list[str], kind: str, caption: str, skip_ref: bool = False) -> Table:
-    t = Table(caption=caption, header=["rank", "method"] + cols, rows=[])
+def _simple_table(g: Group, cols: list[str], caption: str, skip_ref: bool = False) -> Table:
+    t = Table(caption=caption, header=["rank", "method"] + [_header(g, c) for c in cols], rows=[])
     for mr in g.rows:
         if skip_ref and mr.is_reference:
             continue
-        cells = ([fmt_stat(mr.stats.get(c), kind, mr.n) for c in cols] if mr.state == "ok"
+        cells = ([fmt_stat(mr.stats.get(c), _fmt_kind(g, c), mr.n) for c in cols] if mr.state == "ok"
                  else _status_cells(mr, len(cols)))
-        t.rows.append((_row_kind(mr), [mr.rank, _method_label(mr)] + cells))
+        t.rows.append((_row_kind(mr), [mr.rank_text, _method_label(mr)] + cells))
     return t
 
 
 def _diag_table(g: Group) -> Table:
-    t = Table(caption="Method diagnostics", header=["method", "value name", "value", "n"], rows=[])
+    t = Table(caption="Diagnostics (never ranked)", header=["method", "value name", "value", "n"], rows=[])
     for mr in g.rows:
         for c in g.diag_cols:
             s = mr.stats.get(c)
@@ -554,7 +715,8 @@ def _md_cell(s: str) -> str:
 
 
 def _md_text(s: str) -> str:
-    return "".join(f"`{p}`" if code else p.replace("<", "&lt;") for code, p in _split_code(s))
+    # a code span shows "&lt;" literally, so a name with "<" in it is written as escaped plain text instead
+    return "".join(f"`{p}`" if code and "<" not in p else p.replace("<", "&lt;") for code, p in _split_code(s))
 
 
 def _markdown(blocks: list[tuple[str, Any]]) -> str:
@@ -691,19 +853,22 @@ def to_csv(lb: Leaderboard) -> str:
     plus ``source = reported`` rows for paper numbers. No date: identical records give identical bytes."""
     metric_cols: list[str] = []
     for g in lb.groups:
-        for c in [lb.primary] + g.score_cols + g.gap_cols + g.cost_cols + g.diag_cols + g.harness_cols:
+        for c in [lb.primary] + g.score_cols + g.gap_cols + g.cost_cols + g.diag_cols + g.csv_cols:
             if c not in metric_cols and (c != lb.primary or g.has_primary):
                 metric_cols.append(c)
-    head = ["source", "suite", "dataset", "model", "request", "device", "method", "rank", "status", "n", "seeds",
-            "seeds_failed", "seeds_not_applicable", "reason", "commit", "device_name"]
+    head = ["source", "suite", "dataset", "model", "request", "device", "method", "rank", "tied_with_best",
+            "p_vs_best_holm", "status", "n", "seeds", "seeds_failed", "seeds_not_applicable", "reason", "commit",
+            "device_name"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head + [x for c in metric_cols for x in (c, f"{c}.ci95", f"{c}.n")])
     for g in lb.groups:
         prov = {p.split(" ", 1)[0]: p.split(" ", 1)[1] for p in g.provenance if " " in p}
         for mr in g.rows:
-            base = ["measured", g.suite, g.dataset, g.model, g.request, g.device, mr.method, mr.rank, mr.state,
-                    str(mr.n), " ".join(map(str, mr.seeds_ok)), " ".join(map(str, mr.seeds_failed)),
+            tie = mr.tie
+            tied = "" if tie is None or tie.tied is None else ("yes" if tie.tied else "no")
+            base = ["measured", g.suite, g.dataset, g.model, g.request, g.device, mr.method, mr.rank, tied,
+                    "" if tie is None else _csv_num(tie.p_holm), mr.state, str(mr.n), " ".join(map(str, mr.seeds_ok)), " ".join(map(str, mr.seeds_failed)),
                     " ".join(map(str, mr.seeds_na)), " | ".join(mr.reasons), prov.get("commit", ""),
                     prov.get("device", "")]
             vals = []
@@ -712,7 +877,7 @@ def to_csv(lb: Leaderboard) -> str:
                 vals += ["", "", ""] if s is None else [_csv_num(s.mean), _csv_num(s.ci), str(s.n)]
             w.writerow(base + vals)
             for a, note in mr.anchors:
-                base = ["reported", g.suite, g.dataset, g.model, g.request, "", mr.method, "", "reported",
+                base = ["reported", g.suite, g.dataset, g.model, g.request, "", mr.method, "", "", "", "reported",
                         str(a.n or ""), "", "", "", f"{a.source}; {a.setting}; {a.paper_method}; {note}", "", ""]
                 vals = []
                 for c in metric_cols:

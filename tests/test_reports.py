@@ -20,14 +20,21 @@ import numpy as np
 import pytest
 
 from unlearnbench.benchmarks.cli import main
+from unlearnbench.benchmarks.commands._results import declarations, reference_methods
 from unlearnbench.benchmarks.store import RunRecord, Store
 from unlearnbench.reports import figures as figs
 from unlearnbench.reports.anchors import ANCHORS, normalise
-from unlearnbench.reports.leaderboard import Stat, build, fmt_stat, render, strip_date
+from unlearnbench.reports.leaderboard import Stat, fmt_stat, render, strip_date
+from unlearnbench.reports.leaderboard import build as _build
 from unlearnbench.reports.reproduce import (BUILTIN, ReproduceError, Tolerances, compare, diff_table,
                                             load_tolerance_file, parse_cell_filter, select_rows, summary)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def build(rows, **kw):
+    """The leaderboard as the CLI builds it: with the declarations of the rows' values and the reference methods."""
+    return _build(rows, specs=declarations(rows), references=reference_methods(), **kw)
 
 
 def _golden_module():
@@ -101,23 +108,37 @@ def test_leaderboard_content(rows):
     text = render(lb, "md")
     rnd = next(g for g in lb.groups if g.request == "random-10%")
     methods = [mr.method for mr in rnd.rows]
-    assert methods[0] == "retrain" and rnd.rows[0].rank == "ref"
+    # the reference rows first, never ranked: retrain (the target of every gap), then the no-op original
+    assert methods[:2] == ["retrain", "original"] and [mr.rank for mr in rnd.rows[:2]] == ["ref", "ref"]
+    assert "| ref | **original (reference)** |" in text and "| ref | **retrain (reference)** |" in text
     # ranked by avg_gap, lower first; n/a and failed rows kept, at the end
     ranked = [mr for mr in rnd.rows if mr.rank not in ("ref", "—")]
     gaps = [mr.stats["avg_gap"].mean for mr in ranked]
-    assert gaps == sorted(gaps) and len(ranked) == 2
+    assert gaps == sorted(gaps) and len(ranked) == 3 and ranked[0].rank == "1"
     assert [mr.state for mr in rnd.rows[-2:]] == ["not_applicable", "failed"]
     assert "| — | golden_class_only | 0 (+2 n/a) | not applicable |" in text
     assert "`golden_fail` failed: RuntimeError: deliberate failure" in text
-    # class-request columns only where they exist; definitions name every registered group shown
+    # ties with the best are tested and marked (two seeds: paired t-test, Holm)
+    assert ranked[0].tie is None and all(mr.tie is not None and mr.tie.n_pairs == 2 for mr in ranked[1:])
+    assert "paired t-test over seeds" in text and "Holm" in text
+    assert any("(≈ best)" in line for line in text.splitlines() if line.startswith("| 2 (≈ best) |")) or \
+        all(not mr.tie.tied for mr in ranked[1:])
+    # class-request columns only where they exist; definitions name every registered value shown
     cls = next(g for g in lb.groups if g.request == "class-1")
     assert "test_acc_forgotten_class" in cls.score_cols and "test_acc_forgotten_class" not in rnd.score_cols
     assert "mia.loss_auc" in text and "## Definitions" in text
-    # ties share a rank (original and golden_class_only leave the class-1 model unchanged)
-    tied = {mr.method: mr.rank for mr in cls.rows}
-    assert tied["original"] == tied["golden_class_only"]
-    # provenance of the runs
+    defs = text.split("## Definitions")[1]
+    assert "- `retain_acc` (score, higher is better; unit fraction): accuracy on the retain set D_r." in defs
+    assert "- `time_s` (cost, lower is better; unit s)" in defs and "gap.&lt;m> (gap, lower is better" in defs
+    # placed by declaration: costs in the Cost table, CSV-only values named, the reference's own cost not shown
+    assert {"time_s", "passes_fwd", "flops"} <= set(cls.cost_cols) and "retrain_passes" in cls.csv_cols
+    assert "retrain_passes" not in text.split("## Definitions")[0].split("In the CSV output only")[0]
+    # the mean ranks across cells, with the Friedman test
+    assert "## golden: mean rank across cells" in text and "Friedman χ² = " in text
+    assert "Dropped (a value in too few blocks): `golden_class_only` (2 of 4)." in text
+    # provenance of the runs; the docs named are the repository's own
     assert "commit " in text and "device cpu" in text and "torch " in text and "runs made " in text
+    assert "docs/metrics.md" in text and "METRICS.md" not in text
 
 
 def test_stat_is_a_t_interval():
@@ -216,7 +237,7 @@ def test_cell_filter_syntax(rows):
     assert pick(["method=retrain,request=class-1"]) == [("retrain", "class-1")]
     assert pick(["method=original|retrain,request=random*"]) == [("original", "random-10%"),
                                                                  ("retrain", "random-10%")]
-    assert pick(["synthetic/mlp/class-1/golden_s*/seed1"]) == [("golden_scaled", "class-1")]
+    assert pick(["synthetic/mlp/class-1/golden_sc*/seed1"]) == [("golden_scaled", "class-1")]
     assert pick(["method=retrain", "method=original,request=class-1"]) == [
         ("original", "class-1"), ("retrain", "class-1"), ("retrain", "random-10%")]
     assert len(select_rows(rows, None)) == len(rows)
@@ -338,7 +359,7 @@ def test_figures_render_nonempty_and_deterministic(tiny_results, tmp_path, capsy
     res = str(tiny_results / "res")
     assert main(["figures", "--results", res, "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
-    assert "no backdoor metrics" in err
+    assert "no value declares a before-unlearning counterpart" in err
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     stems = {str(p.with_suffix("")) for p in files}
     for group in ("synthetic_mlp_random-10pct_cpu", "synthetic_mlp_class-1_cpu"):
@@ -360,7 +381,9 @@ def test_figures_render_nonempty_and_deterministic(tiny_results, tmp_path, capsy
     splits = _load_splits(recs[0].config["dataset"], None, [])
     assert len(splits.test.y) == len(next(iter(scores.values()))["test_correct"])
     info = figs.ClassInfo(splits.test.y.numpy(), tuple(splits.classes), {r.run_id: 1 for r in recs})
-    figs.render_all([r.row() for r in recs], scores, tmp_path / "b", class_info=lambda g: info)
+    rs = [r.row() for r in recs]
+    figs.render_all(rs, scores, tmp_path / "b", specs=declarations(rs), references=reference_methods(),
+                    class_info=lambda g: info)
     again = sorted((tmp_path / "b").rglob("*.*"))
     assert len([p for p in again if p.suffix in (".png", ".pdf")]) == 10
     for p in again:
@@ -368,28 +391,29 @@ def test_figures_render_nonempty_and_deterministic(tiny_results, tmp_path, capsy
         assert p.read_bytes() == first.read_bytes(), f"{p.name} differs between two renders"
 
 
-def test_backdoor_figure_and_roc_sources(rows, tmp_path):
+def test_before_after_figure_and_roc_sources(rows, tmp_path):
     rs = [r for r in copy.deepcopy(rows) if r["request"] == "class-1"]
     for r in rs:
         if r["status"] == "ok":
             r["backdoor.asr"] = 0.1 if r["method"] == "retrain" else 0.6
             r["backdoor.asr_original"] = 0.95
-    rep = figs.render_all(rs, {}, tmp_path)
+    rep = figs.render_all(rs, {}, tmp_path, specs=declarations(rs), references=reference_methods())
     names = {f.stem.name for f in rep.written}
-    assert "backdoor_backdoor.asr" in names and "backdoor_backdoor.asr_original" not in names
-    cap = next(f.caption for f in rep.written if f.stem.name == "backdoor_backdoor.asr")
-    assert "before unlearning (backdoor.asr_original)" in cap
+    # backdoor.asr declares its before-unlearning counterpart; the counterpart (a diagnostic) gets no figure
+    assert "before_after_backdoor.asr" in names and "before_after_backdoor.asr_original" not in names
+    cap = next(f.caption for f in rep.written if f.stem.name == "before_after_backdoor.asr")
+    assert "before unlearning (backdoor.asr_original)" in cap and "Lower is better" in cap
     assert any("test labels unavailable" in s for s in rep.skipped)  # class request, no labels given
-    # ROC sources are found by matching a stored AUC, whatever the attack calls its arrays
-    rng = np.random.default_rng(0)
-    y = np.r_[np.ones(50, np.int8), np.zeros(50, np.int8)]
-    online = rng.normal(size=100) + y
-    arrays = {"mia.lira.labels": y, "mia.lira.online": online, "mia.lira.phi": rng.normal(size=100),
-              "mia.lira.pool_index": np.arange(100)}
-    from sklearn.metrics import roc_auc_score
-
-    values = {"mia.lira_online_auc": roc_auc_score(y, online), "mia.lira_offline_auc": 0.1}
-    assert figs.roc_sources(arrays, values) == {"mia.lira_online_auc": ("mia.lira.labels", "mia.lira.online")}
+    # without declarations nothing says what backdoor.asr is: no before/after figure
+    bare = figs.render_all(rs, {}, tmp_path / "bare")
+    assert "before_after_backdoor.asr" not in {f.stem.name for f in bare.written}
+    # ROC sources are the arrays a value's declaration names, where the run stored them
+    lb = build(rs)
+    g = lb.groups[0]
+    y = np.r_[np.ones(5, np.int8), np.zeros(5, np.int8)]
+    arrays = {"mia.loss_auc.labels": y, "mia.loss_auc.scores": np.arange(10.0)}
+    assert figs.roc_sources(g, arrays) == {"mia.loss_auc": ("mia.loss_auc.labels", "mia.loss_auc.scores")}
+    assert figs.roc_sources(g, {"mia.loss_auc.labels": y}) == {}
 
 
 @pytest.mark.parametrize("command", ["leaderboard", "reproduce", "figures"])

@@ -1,11 +1,12 @@
 """Shared by the report commands (leaderboard, reproduce, figures): open the store, resolve the suite,
-read its records, and describe the registered metrics for the pure functions in ``reports/``."""
+read its records, and hand the pure functions in ``reports/`` the declarations of the stored values and the
+reference methods."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from unlearnbench.benchmarks.store import RunRecord, Store, StoreError, open_store
 from unlearnbench.benchmarks.suite import Suite, SuiteError, load_suite
@@ -62,9 +63,33 @@ def select(args: argparse.Namespace, all_suites_ok: bool = False) -> list[Select
     return out
 
 
-def metric_defs() -> list[Any]:
-    """The registered metric groups as :class:`unlearnbench.reports.leaderboard.MetricDef`."""
-    from unlearnbench.attacks import list_metrics
-    from unlearnbench.reports.leaderboard import MetricDef
+def declarations(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The declaration (:class:`unlearnbench.attacks.ValueSpec`) of every value name in ``rows``, in the order
+    the values were declared (metric groups, then derived values, then gaps, families and method diagnostics
+    by name); a name nothing declares is left out (reports show it as an undeclared score)."""
+    from unlearnbench.attacks import declaration, list_metrics
+    from unlearnbench.attacks.base import derived_values
 
-    return [MetricDef(m.name, tuple(m.produces), m.description) for m in list_metrics()]
+    skip = {"cell_key", "suite", "dataset", "model", "request", "method", "seed", "status", "config_hash", "reason",
+            "run_id", "scores_file", "created_at", "config", "hashes", "env"}
+    names = {k for r in rows for k in r if k not in skip}
+    out: dict[str, Any] = {}
+    for info in list_metrics():
+        for v in info.values:
+            if v.name in names:
+                out[v.name] = v
+    for d in derived_values():
+        if d.spec.name in names:
+            out[d.spec.name] = d.spec
+    for n in sorted(names - set(out)):
+        spec = declaration(n)
+        if spec is not None:
+            out[n] = spec
+    return out
+
+
+def reference_methods() -> list[str]:
+    """The registered methods tagged ``reference`` (shown in reports, never ranked)."""
+    from unlearnbench.methods import method_class, method_names
+
+    return [m for m in method_names() if "reference" in method_class(m).tags]

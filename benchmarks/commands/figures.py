@@ -15,18 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ._results import add_common, select
+from ._results import add_common, declarations, reference_methods, select
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "figures", help="draw the figures of stored results (PNG, PDF, caption)",
-        description="Per (dataset, model, request, device): forget vs test accuracy, MIA bars, cost vs avg_gap Pareto "
-                    "plot, MIA ROC curves (log FPR), backdoor ASR (when measured), per-class accuracy heatmap (class "
-                    "forgetting). Files: <out>/<dataset>_<model>_<request>_<device>/<figure>.{png,pdf,txt}.")
+        description="Per (dataset, model, request, device): forget vs test accuracy, membership-inference bars, the "
+                    "primary score against every cost value (Pareto fronts), ROC curves (log FPR), before/after bars "
+                    "(e.g. backdoor ASR, when measured), per-class accuracy heatmap (class forgetting); per suite, a "
+                    "critical-difference diagram of mean ranks (Friedman, Nemenyi). What each figure draws comes from "
+                    "the values' declarations (docs/metrics.md). Files: "
+                    "<out>/<dataset>_<model>_<request>_<device>/<figure>.{png,pdf,txt}, <out>/critical_difference.*.")
     add_common(p)
     p.add_argument("--out", default=None, help="output folder (default: figures/<suite>)")
-    p.add_argument("--primary", default=None, help="score for the Pareto plot (default: the suite's, else avg_gap)")
+    p.add_argument("--primary", default=None,
+                   help="score for the Pareto plot and the ranks (default: the suite's, else avg_gap)")
+    p.add_argument("--higher-is-better", action="store_true", default=None,
+                   help="rank high values of the primary score first, overriding its declared direction")
     p.add_argument("--data-root", default=None,
                    help="dataset files, to read test labels for the per-class heatmap (env UNLEARNBENCH_DATA_ROOT)")
     p.set_defaults(func=run)
@@ -75,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
             forgotten[r.run_id] = c
         return ClassInfo(labels, names, forgotten)
 
-    report = render_all([r.row() for r in sel.records], scores, out, primary=primary,
+    rows = [r.row() for r in sel.records]
+    report = render_all(rows, scores, out, specs=declarations(rows), references=reference_methods(), primary=primary,
+                        higher_is_better=args.higher_is_better,
                         method_order=list(sel.suite.methods) if sel.suite else None, class_info=class_info)
     for f in report.written:
         print(f"wrote {f.stem}.png/.pdf/.txt")

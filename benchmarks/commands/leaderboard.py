@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._results import add_common, metric_defs, select
+from ._results import add_common, declarations, reference_methods, select
 
 SUFFIX_FORMAT = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".csv": "csv", ".tex": "tex"}
 
@@ -19,17 +19,22 @@ SUFFIX_FORMAT = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "leaderboard", help="build the leaderboard of stored results (md, html, csv, tex)",
-        description="Per (dataset, model, request, device): methods x metrics, each cell mean ± 95%% CI over seeds "
-                    "(Student t) with n, the retrain reference row, gaps to retrain, cost, ranked by the suite's "
-                    "primary score (default avg_gap, lower is better), paper-reported numbers where a cell matches "
-                    "(reports/anchors.py), and the provenance of the runs. Deterministic: the same records give the "
-                    "same bytes except the 'Generated:' line.")
+        description="Per (dataset, model, request, device): methods x values, each cell mean ± 95%% CI over seeds "
+                    "(Student t) with n, placed by each value's declaration (score, gap, cost, diagnostic); the "
+                    "reference rows (original, retrain) first and never ranked; the methods ranked by the suite's "
+                    "primary score (default avg_gap) in its declared direction, with the methods that cannot be told "
+                    "apart from the best marked (paired t-test over seeds, Holm); mean ranks across cells (Friedman, "
+                    "Nemenyi); paper-reported numbers where a cell matches (reports/anchors.py); the provenance of the "
+                    "runs. Definitions: docs/metrics.md. Deterministic: the same records give the same bytes except "
+                    "the 'Generated:' line.")
     add_common(p)
     p.add_argument("--format", choices=("md", "html", "csv", "tex"), default=None,
                    help="output format (default: from --out's suffix, else md)")
     p.add_argument("--out", default=None, help="write to this file (default: standard output)")
     p.add_argument("--primary", default=None, help="rank by this metric instead of the suite's primary score")
-    p.add_argument("--higher-is-better", action="store_true", help="the primary score ranks high values first")
+    p.add_argument("--higher-is-better", action="store_true", default=None,
+                   help="rank high values of the primary score first, overriding its declared direction (needed only "
+                        "for a value nothing declares, or to reverse a declaration deliberately)")
     p.add_argument("--records", default=None,
                    help="read the records from an `unlearnbench export` JSON file instead of --results")
     p.add_argument("--generated-at", default=None,
@@ -60,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
         name, rows, suite = sel.name, [r.row() for r in sel.records], sel.suite
     primary = args.primary or (suite.primary if suite else "avg_gap")
     when = args.generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    lb = build(rows, primary=primary, higher_is_better=args.higher_is_better,
-               metric_defs=metric_defs(), method_order=list(suite.methods) if suite else None,
+    lb = build(rows, primary=primary, higher_is_better=args.higher_is_better, specs=declarations(rows),
+               references=reference_methods(), method_order=list(suite.methods) if suite else None,
                generated_at=when, title=f"Leaderboard: suite {name}")
     text = render(lb, fmt)
     if args.out:

@@ -5,9 +5,10 @@
                                                     # intended change of the leaderboard's format)
 
 The run: the embedded ``synthetic`` dataset, a tiny MLP, random 10% and class 1, seeds 0 and 1, the
-``original`` and ``retrain`` references plus three toy methods registered here so the records cover
-every row kind without depending on other methods' code: ``golden_scaled`` (halves the last layer's
-weights: a real method result), ``golden_class_only`` (tagged class_only: not applicable on the
+``original`` and ``retrain`` references plus five toy methods registered here so the records cover
+every row kind without depending on other methods' code: ``golden_scaled``, ``golden_sharpened`` and
+``golden_shrunk`` (halve or double the last layer's weights, scale every weight by 0.9: real method
+results, three of them so that the mean ranks across cells are tested), ``golden_class_only`` (tagged class_only: not applicable on the
 random request) and ``golden_fail`` (raises: a failed cell). Records are stored as the store's
 ``RunRecord.row()`` dicts, reduced to what reports read (see :func:`reduce_rows`) to keep the file a
 few KB.
@@ -32,7 +33,7 @@ SUITE = """
 name = "golden"
 description = "tiny synthetic suite behind tests/golden (tests/golden/make_golden.py)"
 seeds = [0, 1]
-methods = ["original", "retrain", "golden_scaled", "golden_class_only", "golden_fail"]
+methods = ["original", "retrain", "golden_scaled", "golden_sharpened", "golden_shrunk", "golden_class_only", "golden_fail"]
 metrics = ["accuracy", "mia.loss_auc", "mia.svc_efficacy"]
 
 [recipes.tiny]
@@ -69,6 +70,24 @@ def register_toy_methods() -> None:
                 last.weight.mul_(0.5)
             return request.model
 
+    @register("golden_sharpened", summary="test fixture: double the last linear layer's weights")
+    @dataclass(frozen=True)
+    class GoldenSharpened(Method):
+        def unlearn(self, request: UnlearnRequest) -> nn.Module:
+            last = [m for m in request.model.modules() if isinstance(m, nn.Linear)][-1]
+            with torch.no_grad():
+                last.weight.mul_(2.0)
+            return request.model
+
+    @register("golden_shrunk", summary="test fixture: scale every parameter by 0.9")
+    @dataclass(frozen=True)
+    class GoldenShrunk(Method):
+        def unlearn(self, request: UnlearnRequest) -> nn.Module:
+            with torch.no_grad():
+                for p in request.model.parameters():
+                    p.mul_(0.9)
+            return request.model
+
     @register("golden_class_only", tags=("class_only",), summary="test fixture: class forgetting only")
     @dataclass(frozen=True)
     class GoldenClassOnly(Method):
@@ -102,7 +121,7 @@ def run_tiny_suite() -> list[dict]:
 # What reports read from a record; the rest is left out of the fixture to keep it a few KB.
 CONFIG_KEYS = ("dataset", "request", "metrics")
 ENV_KEYS = ("git_commit", "git_dirty", "device_type", "device_name", "precision", "deterministic_algorithms",
-            "cpu_threads", "torch", "torchvision", "numpy", "sklearn", "python", "unlearnbench")
+            "cpu_threads", "torch", "torchvision", "numpy", "sklearn", "python", "unlearnbench", "peak_mem_note")
 DROP = ("hashes", "config_hash", "scores_file", "cell_key")
 
 
@@ -131,11 +150,11 @@ def load_records() -> list[dict]:
 
 def render_texts(rows: list[dict]) -> dict[str, str]:
     """The golden texts, exactly as ``unlearnbench leaderboard --generated-at GENERATED-AT`` renders them."""
-    from unlearnbench.benchmarks.commands._results import metric_defs
+    from unlearnbench.benchmarks.commands._results import declarations, reference_methods
     from unlearnbench.reports.leaderboard import build, render
 
-    lb = build(rows, primary="avg_gap", metric_defs=metric_defs(), generated_at=GENERATED_AT,
-               title="Leaderboard: suite golden")
+    lb = build(rows, primary="avg_gap", specs=declarations(rows), references=reference_methods(),
+               generated_at=GENERATED_AT, title="Leaderboard: suite golden")
     return {"leaderboard.md": render(lb, "md"), "leaderboard.csv": render(lb, "csv")}
 
 
