@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import threading
 import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -198,12 +199,15 @@ class CellData:
 
     def make_model(self) -> nn.Module:
         """The architecture with the seeded initialisation the original model started from."""
+        return self.model_factory()()
+
+    def model_factory(self) -> Callable[[], nn.Module]:
+        """:meth:`make_model` as a callable that holds only what builds the model (``request.new_model``:
+        a bound method would let a method reach this cell's test split through ``__self__``)."""
         d = self.cell.dataset
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cell.seed)
-            model = build_model(d.model, self.splits.image_shape, self.splits.num_classes, self.mean, self.std,
-                                **d.model_options)
-        return prepare(model, self.device)
+        return functools.partial(_fresh_model, d.model, tuple(self.splits.image_shape), self.splits.num_classes,
+                                 tuple(self.mean), tuple(self.std), dict(d.model_options), self.cell.seed,
+                                 self.device)
 
     def request(self, model: nn.Module, *, heldout: bool, budget: Budget | None = None,
                 forget: TensorData | None = None, retain: TensorData | None = None) -> UnlearnRequest:
@@ -215,9 +219,17 @@ class CellData:
         return UnlearnRequest(model=model, forget=forget if forget is not None else self.forget,
                               retain=retain if retain is not None else self.retain,
                               num_classes=self.splits.num_classes, kind=self.split.kind,
-                              recipe=self.cell.dataset.recipe, new_model=self.make_model, seed=self.cell.seed,
+                              recipe=self.cell.dataset.recipe, new_model=self.model_factory(), seed=self.cell.seed,
                               budget=budget or Budget(self.cell.max_epochs), forget_class=self.split.forget_class,
                               heldout=held)
+
+
+def _fresh_model(arch: str, image_shape: tuple, num_classes: int, mean: tuple, std: tuple, options: dict,
+                 seed: int, device: torch.device) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(arch, image_shape, num_classes, list(mean), list(std), **options)
+    return prepare(model, device)
 
 
 def prepare_cell(cell: CellSpec, ctx: RunContext) -> CellData:

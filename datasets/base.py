@@ -93,7 +93,18 @@ def close_matches(name: str, choices) -> str:
     return f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
 
 
+def load_plugins() -> None:
+    """Load the ``unlearnbench.datasets`` plug-ins once (sources and request kinds of other distributions;
+    see ``unlearnbench.plugins``); called where a dataset or request kind is first looked up."""
+    from unlearnbench import plugins
+
+    from .requests import _KINDS
+
+    plugins.ensure("unlearnbench.datasets", lambda: [_SOURCES, _KINDS])
+
+
 def source_info(name: str) -> SourceInfo:
+    load_plugins()
     if name not in _SOURCES:
         raise DatasetError(
             f"unknown dataset {name!r}.{close_matches(name, _SOURCES)} Known datasets: {', '.join(sorted(_SOURCES))}."
@@ -102,6 +113,7 @@ def source_info(name: str) -> SourceInfo:
 
 
 def list_sources() -> list[SourceInfo]:
+    load_plugins()
     return [_SOURCES[k] for k in sorted(_SOURCES)]
 
 

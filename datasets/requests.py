@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from .base import DatasetError, ImageSet, close_matches
+from .base import DatasetError, ImageSet, close_matches, load_plugins
 from .splits import Splits, hash_indices
 
 
@@ -92,6 +92,7 @@ def register_request(name: str, *, params: tuple[str, ...], description: str,
 
 def check_request(kind: str, params: dict[str, Any]) -> None:
     """Validate a request's parameters without the data (names, types, ranges); raises DatasetError."""
+    load_plugins()
     if kind not in _KINDS:
         raise DatasetError(f"unknown request kind {kind!r}.{close_matches(kind, _KINDS)} "
                            f"Known kinds: {', '.join(sorted(_KINDS))}.")
@@ -166,10 +167,12 @@ def _check_points(params: dict) -> None:
 
 
 def list_requests() -> list[RequestKind]:
+    load_plugins()
     return [_KINDS[k] for k in sorted(_KINDS)]
 
 
 def build_request(splits: Splits, kind: str, params: dict[str, Any], seed: int) -> ForgetSplit:
+    load_plugins()
     if kind not in _KINDS:
         raise DatasetError(f"unknown request kind {kind!r}.{close_matches(kind, _KINDS)} "
                            f"Known kinds: {', '.join(sorted(_KINDS))}.")

@@ -145,6 +145,8 @@ class Method:
     tags: ClassVar[frozenset[str]] = frozenset()
     tag_reasons: ClassVar[dict[str, str]] = {}
     summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # the citation, when given to register(paper=...); the module docstring cites it too
+    origin: ClassVar[str] = ""  # "built-in", or the plug-in distribution ("name version") that registered it
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:  # pragma: no cover - interface
         raise NotImplementedError
@@ -175,8 +177,9 @@ _REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(name: str, *, tags: tuple[str, ...] | frozenset[str] = (), summary: str = "",
-             tag_reasons: dict[str, str] | None = None):
-    """Class decorator: register a frozen-dataclass method under ``name``."""
+             tag_reasons: dict[str, str] | None = None, paper: str = ""):
+    """Class decorator: register a frozen-dataclass method under ``name`` (``paper``: its citation, one line,
+    shown in ``docs/methods.md``). Built-in methods and plug-ins (``unlearnbench.plugins``) register alike."""
 
     def deco(cls: type[Method]) -> type[Method]:
         if name in _REGISTRY:
@@ -203,6 +206,10 @@ def register(name: str, *, tags: tuple[str, ...] | frozenset[str] = (), summary:
         cls.tags = frozenset(tags)
         cls.tag_reasons = dict(tag_reasons or {})
         cls.summary = summary or (cls.__doc__ or "").strip().splitlines()[0]
+        cls.paper = " ".join(paper.split())
+        from unlearnbench.plugins import origin_of
+
+        cls.origin = origin_of(cls.__module__)
         _REGISTRY[name] = cls
         return cls
 
@@ -227,6 +234,11 @@ def method_class(name: str) -> type[Method]:
         hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
         raise MethodError(f"unknown method {name!r}.{hint} Registered methods: {', '.join(sorted(_REGISTRY))}.")
     return _REGISTRY[name]
+
+
+def method_origin(name: str) -> str:
+    """Where a registered method comes from: ``built-in``, or the plug-in distribution (``name version``)."""
+    return method_class(name).origin
 
 
 def _check_value(method: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:

@@ -5,12 +5,14 @@ PRUNE patches the head; methods that need penultimate features use ``features``.
 - ``mlp``: flatten -> Linear/ReLU blocks (features) -> head. For the 8x8 digits.
 - ``small_cnn``: conv32-pool-conv64-pool-fc128 (features) -> head. For MNIST-family images.
 - ``resnet18``: ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool) -> 512-d features -> head.
+
+More architectures: :func:`register_model` (here, or in a plug-in's ``unlearnbench.models`` entry point).
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -126,11 +128,82 @@ def _resnet18(shape, num_classes, width: int = 64, head_hidden: Sequence[int] = 
     return body, 8 * width, relu_head(8 * width, head_hidden, num_classes), True
 
 
-MODELS: dict[str, Callable] = {"mlp": _mlp, "small_cnn": _small_cnn, "resnet18": _resnet18}
-
-
 class ModelError(UserError, ValueError):
     pass
+
+
+Builder = Callable[..., tuple[nn.Module, int, nn.Sequential, bool]]
+
+
+class ModelRegistry(Mapping[str, Builder]):
+    """The architectures by name (read-only mapping; add with :func:`register_model`). Looking a name up
+    first loads the ``unlearnbench.models`` plug-ins (``unlearnbench.plugins``), so suites may name them."""
+
+    def __init__(self) -> None:
+        self._builders: dict[str, Builder] = {}
+        self.origins: dict[str, str] = {}
+
+    def _loaded(self) -> dict[str, Builder]:
+        from unlearnbench import plugins
+
+        plugins.ensure("unlearnbench.models", lambda: [self._builders, self.origins])
+        return self._builders
+
+    def __getitem__(self, name: str) -> Builder:
+        return self._loaded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._loaded()))
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._loaded()
+
+    def add(self, name: str, builder: Builder) -> None:
+        if not isinstance(name, str) or not name or name != name.strip():
+            raise ModelError(f"model name must be a non-empty string without surrounding spaces, got {name!r}")
+        if not callable(builder):
+            raise ModelError(f"model {name!r}: the builder must be callable, got {builder!r}")
+        if name in self._builders:
+            old = getattr(self._builders[name], "__module__", "?")
+            raise ModelError(f"model {name!r} is registered twice ({old} and {getattr(builder, '__module__', '?')})")
+        from unlearnbench.plugins import origin_of
+
+        self._builders[name] = builder
+        self.origins[name] = origin_of(getattr(builder, "__module__", "") or "")
+
+
+MODELS = ModelRegistry()
+
+
+def register_model(name: str, builder: Builder | None = None):
+    """Register an architecture: ``builder(image_shape, num_classes, **options) -> (body, feature_dim, head,
+    is_conv)``, where ``body`` maps normalised images ``[N, C, H, W]`` to ``[N, feature_dim]`` features and
+    ``head`` is an ``nn.Sequential`` (a ReLU MLP: Linear, ReLU, ..., Linear, for methods that patch it; see
+    :func:`relu_head`). :func:`build_model` wraps them in a :class:`Classifier` (normalisation first,
+    ``forward = head(features(x))``, example passes counted). Usable as a decorator
+    (``@register_model("name")``) or a call (``register_model("name", fn)``); a name registered twice is an
+    error. Plug-ins register through the ``unlearnbench.models`` entry-point group."""
+    if builder is not None:
+        MODELS.add(name, builder)
+        return builder
+
+    def deco(fn: Builder) -> Builder:
+        MODELS.add(name, fn)
+        return fn
+
+    return deco
+
+
+register_model("mlp", _mlp)
+register_model("small_cnn", _small_cnn)
+register_model("resnet18", _resnet18)
+
+
+def model_names() -> list[str]:
+    return sorted(MODELS)
 
 
 def build_model(name: str, image_shape: Sequence[int], num_classes: int, mean: Sequence[float],
@@ -141,10 +214,15 @@ def build_model(name: str, image_shape: Sequence[int], num_classes: int, mean: S
         hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
         raise ModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(MODELS))}.")
     try:
-        body, dim, head, conv = MODELS[name](tuple(image_shape), num_classes, **options)
+        built = MODELS[name](tuple(image_shape), num_classes, **options)
     except TypeError as exc:
         raise ModelError(f"model {name!r}: bad option ({exc})") from exc
-    return Classifier(Normalize(mean, std), body, head, dim, name, conv)
+    if not (isinstance(built, tuple) and len(built) == 4 and isinstance(built[0], nn.Module)
+            and isinstance(built[2], nn.Module)):
+        raise ModelError(f"model {name!r}: its builder must return (body, feature_dim, head, is_conv) with "
+                         f"body and head nn.Modules, got {type(built).__name__} (see register_model)")
+    body, dim, head, conv = built
+    return Classifier(Normalize(mean, std), body, head, int(dim), name, bool(conv))
 
 
 def head_linears(model: nn.Module) -> list[nn.Linear]:
