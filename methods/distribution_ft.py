@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from unlearnbench.datasets import TensorData
 
 from ._membership import Probe, auc_of, indistinguishable, match_labels, match_third_party, quantile_partners
-from .base import Method, MethodError, UnlearnRequest, param, register
+from .base import Method, MethodError, UnlearnRequest, log_range, param, register
 from .training import cycle, fit, forward, predict
 
 MIN_EPOCH = 1000  # forget samples per epoch at least: a smaller forget set is repeated within an epoch
@@ -93,12 +93,15 @@ class DistributionFT(Method):
     pairing: str = param("quantile", "target of each forget example: quantile (a fixed partner by rank at evenly "
                          "spaced quantiles), fixed (a fixed random partner) or random (fresh each step); "
                          "partners share the label on random/points requests", choices=("quantile", "fixed", "random"))
-    epochs: float = param(20.0, "epoch limit, in passes over the forget set (repeated up to 1,000 samples)")
-    lr_scale: float = param(0.3, "peak learning rate as a multiple of the recipe's peak lr")
+    epochs: float = param(20.0, "epoch limit, in passes over the forget set (repeated up to 1,000 samples)",
+                          search=log_range(2.0, 60.0))
+    lr_scale: float = param(0.3, "peak learning rate as a multiple of the recipe's peak lr",
+                            search=log_range(0.03, 3.0))
     schedule: str = param("onecycle", "lr schedule over the epoch limit (warm-up then decay; an early stop cuts it)",
                           choices=("onecycle", "constant", "cosine", "linear"))
-    retain_weight: float = param(1.0, "lambda: weight of the retain-set cross-entropy")
-    tol: float = param(0.03, "stop when the membership AUC (forget vs third-party) is <= 0.5 + tol")
+    retain_weight: float = param(1.0, "lambda: weight of the retain-set cross-entropy", search=log_range(0.1, 10.0))
+    tol: float = param(0.03, "stop when the membership AUC (forget vs third-party) is <= 0.5 + tol",
+                       search=log_range(0.005, 0.1))
     disc_input: str = param("label_sorted", "adversarial: discriminator input, label_sorted ([p_label, sorted "
                             "softmax]) or sorted (sorted softmax)", choices=("label_sorted", "sorted"))
     disc_hidden: int = param(64, "adversarial: hidden ReLU units of the discriminator")

@@ -87,7 +87,7 @@ from unlearnbench.datasets import TensorData
 from . import _prune_lp as lp
 from ._prune_model import (Patch, PatchedModel, hidden_sizes, linearise, pattern_of, pre_activations,
                            region_constraints, relu_mlp_layers)
-from .base import Method, MethodError, UnlearnRequest, param, register
+from .base import Method, MethodError, UnlearnRequest, int_range, log_range, param, register
 from .models import ModelError
 from .training import predict_features
 
@@ -238,13 +238,16 @@ class Prune(Method):
                        choices=("minimal", "reassure"))
     lp: str = param("ranges", "minimal patch via C-1 range LPs + closed form, or one dualised LP (slow)",
                     choices=("ranges", "joint"))
-    epsilon: float = param(0.01, "strict spec margin: logit_t >= logit_j + epsilon on the region (code: 0)")
-    gamma: float = param(1e4, "support sharpness per pre-activation unit (code 0.1; large = local)")
-    n_clusters: int = param(2, "KMeans clusters (one representative and patch each) per round (code: 2)")
+    epsilon: float = param(0.01, "strict spec margin: logit_t >= logit_j + epsilon on the region (code: 0)",
+                           search=log_range(1e-3, 1.0))
+    gamma: float = param(1e4, "support sharpness per pre-activation unit (code 0.1; large = local)",
+                         search=log_range(1.0, 1e5))
+    n_clusters: int = param(2, "KMeans clusters (one representative and patch each) per round (code: 2)",
+                           search=int_range(1, 8))
     kmeans_n_init: int = param(10, "KMeans restarts (code: 10)")
     direct_max_points: int = param(10, "at most this many points left: patch each region directly")
     target_forget_acc: float = param(0.0, "stop when forget accuracy (prediction == label) is at most this")
-    max_rounds: int = param(5, "round limit (code: a fixed 2)")
+    max_rounds: int = param(5, "round limit (code: a fixed 2)", search=int_range(1, 10))
     certify_members: bool = param(False, "cluster patch covers every member's region (C-1 LPs per member)")
     lp_workers: int = param(0, "processes for LP work: 0 = one per CPU core, 1 = in-process")
     certify_max_points: int = param(0, "report(): certify a seeded random subset of this many forget points (0 = all)")

@@ -64,7 +64,7 @@ import torch
 import torch.nn as nn
 
 from ._membership import MembershipTest, Probe, indistinguishable, match_labels
-from .base import Method, MethodError, UnlearnRequest, param, register
+from .base import Method, MethodError, UnlearnRequest, log_range, param, register
 from .training import fit, make_optimizer
 
 
@@ -73,15 +73,19 @@ from .training import fit, make_optimizer
                   "looks unseen (Chen et al. 2021)")
 @dataclass(frozen=True)
 class WeightPerturbation(Method):
-    rel_sigma: float = param(0.25, "smallest noise scale tried (noise std of a parameter tensor / its std)")
+    rel_sigma: float = param(0.25, "smallest noise scale tried (noise std of a parameter tensor / its std)",
+                             search=log_range(0.02, 1.0))
     damage: float = param(0.8, "the noise scale is the smallest that brings held-out accuracy down to this "
                           "fraction of the original's (or makes the forget set look unseen)")
     max_rel_sigma: float = param(2.0, "largest noise scale tried")
     search_steps: int = param(4, "bisection steps for the noise scale between rel_sigma and max_rel_sigma")
-    budget_frac: float = param(0.2, "step limit of the descent: this fraction of the recipe's epochs (retain set)")
+    budget_frac: float = param(0.2, "step limit of the descent: this fraction of the recipe's epochs (retain set)",
+                               search=log_range(0.02, 0.5))
     checks: int = param(8, "membership tests along the descent (equal chunks of the step limit)")
-    lr_scale: float = param(1.0, "initial learning rate as a multiple of the recipe's peak lr (linear decay to 0)")
-    tol: float = param(0.03, "forget looks unseen when the membership AUC (forget vs held-out) is <= 0.5 + tol")
+    lr_scale: float = param(1.0, "initial learning rate as a multiple of the recipe's peak lr (linear decay to 0)",
+                            search=log_range(0.1, 3.0))
+    tol: float = param(0.03, "forget looks unseen when the membership AUC (forget vs held-out) is <= 0.5 + tol",
+                       search=log_range(0.005, 0.1))
     acc_tol: float = param(0.01, "the descent stops once held-out accuracy is also >= the original's - acc_tol")
     max_backoffs: int = param(4, "a descent chunk that leaves non-finite weights or a collapsed model (held-out "
                               "accuracy <= 1.5 / classes) is undone and retried at half the lr, at most this "
