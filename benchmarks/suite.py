@@ -376,6 +376,19 @@ def _parse_recipe(ctx: _Ctx, rname: str, rdict: Any) -> Recipe:
         raise ctx.fail(f"{section}.{bad}" if bad else section, str(exc), section=section) from exc
 
 
+def _non_finite(value: Any, where: tuple = ()) -> tuple[tuple, float] | None:
+    """(path, value) of the first nan/inf anywhere in the suite outside [tolerances], else None."""
+    if isinstance(value, float) and not math.isfinite(value) and not (where and where[0] == "tolerances"
+                                                                      and value == math.inf):
+        return where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _non_finite(v, (*where, k))
+        if found is not None:
+            return found
+    return None
+
+
 def _names_list(ctx: _Ctx, key: str, value: Any, what: str, section: str | None = None, index: int = 0) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise ctx.fail(key, f"must be a list of {what} (strings), got {value!r}", section=section, index=index)
@@ -393,6 +406,16 @@ def parse_suite(data: dict[str, Any], *, text: str = "", path: str = "<suite>", 
     if unknown:
         raise ctx.fail(unknown[0], f"unknown top-level key.{_near(unknown[0], TOP_KEYS)} A suite takes "
                                    f"{', '.join(sorted(TOP_KEYS))}")
+    bad = _non_finite(data)
+    if bad is not None:  # nan/inf is never a setting (tolerances aside: inf there means "not compared")
+        where, value = bad
+        top = where[0]
+        if top in ("datasets", "requests") and len(where) > 2:
+            raise ctx.fail(".".join(map(str, where[2:])), f"must be a finite number, got {value!r}", section=top,
+                           index=int(where[1]))
+        section = ".".join(map(str, where[:2])) if top in ("recipes", "method_options", "metric_options") else top
+        raise ctx.fail(".".join(map(str, where)), f"must be a finite number, got {value!r}",
+                       section=section if len(where) > 1 else None)
 
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds:
@@ -571,6 +594,9 @@ def _parse_dataset(ctx: _Ctx, i: int, d: Any, recipes: dict[str, Recipe]) -> Dat
     for key in ("options", "model_options", "overrides"):
         if key in d and not isinstance(d[key], dict):
             raise fail(key, f"must be a table, got {d[key]!r}")
+    for k, v in d.get("options", {}).items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise fail(f"options.{k}", f"must be a string, number or boolean, got {v!r}")
     if "label" in d and (not isinstance(d["label"], str) or not d["label"].strip()):
         raise fail("label", f"must be a non-empty string, got {d['label']!r}")
     try:

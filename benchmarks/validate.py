@@ -174,3 +174,17 @@ def out_file_arg(path: str | os.PathLike, flag: str = "--out") -> Path:
         if parent.exists() and not parent.is_dir():
             raise InputError(f"{flag} {p}: {parent} is a file, not a folder: check the path")
     return p
+
+
+_ROW_IDENTITY = {"run_id", "cell_key", "suite", "dataset", "model", "request", "method", "seed", "status", "reason",
+                 "config", "config_hash", "hashes", "env", "scores_file", "created_at"}
+
+
+def stored_value_name(name: str, rows: Iterable[dict], what: str) -> str:
+    """``name`` must be a value some stored row has (a typo would rank by nothing); ``what`` says where it
+    came from (``--primary``, the suite's ``primary``)."""
+    known = {k for r in rows for k in r if k not in _ROW_IDENTITY}
+    if known and name not in known:
+        raise InputError(f"{what} {name!r} is not a value of the stored runs.{close_matches(name, sorted(known))} "
+                         f"Stored values include: {', '.join(sorted(known)[:12])}{', ...' if len(known) > 12 else ''}")
+    return name

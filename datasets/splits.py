@@ -96,7 +96,14 @@ class Splits:
 @functools.lru_cache(maxsize=8)
 def _load_source(name: str, root: str | None, download: bool, options: tuple) -> SourceData:
     info = source_info(name)
-    src = info.loader(Path(root) if root else None, download, **dict(options))
+    try:
+        src = info.loader(Path(root) if root else None, download, **dict(options))
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        shown = ", ".join(f"{k}={v!r}" for k, v in options) or "none"
+        raise DatasetError(f"dataset {name!r} (options: {shown}) cannot be loaded ({type(exc).__name__}: {exc}): "
+                           "check its options and files") from exc
     check_source(src, where=f"dataset {name!r}" + (f" under {root}" if root and info.needs_files else ""))
     return src
 

@@ -139,6 +139,14 @@ SUITE_CASES = [
     ("metrics-twice", _sub("seeds = [0]", 'seeds = [0]\nmetrics = ["accuracy", "accuracy"]'), r"key 'metrics'.*twice"),
     ("description-not-string", _sub("seeds = [0]", "seeds = [0]\ndescription = 3"), r"key 'description'"),
     ("not-toml", lambda t: "seeds = [0\n", r"not valid TOML"),
+    ("method-option-inf", _add("[method_options.finetune]\nlr = inf\n"),
+     r"line 18: key 'method_options.finetune.lr': must be a finite number, got inf"),
+    ("model-option-nan", _sub('model = "mlp"', 'model = "mlp"\nmodel_options = { dropout = nan }'),
+     r"line 12: key 'model_options.dropout': must be a finite number"),
+    ("dataset-option-table", _sub('name = "synthetic"', 'name = "synthetic"\noptions = { n_train = { a = 1 } }'),
+     r"key 'options.n_train': .*must be a string, number or boolean"),
+    ("dataset-option-unknown", _sub('name = "synthetic"', 'name = "synthetic"\noptions = { n_trian = 100 }'),
+     r"key 'options'.*has no option\(s\) \['n_trian'\]"),
 ]
 
 
@@ -177,6 +185,8 @@ PREFLIGHT_CASES = [
     ("model-option-value", _sub('model = "mlp"', 'model = "mlp"\nmodel_options = { hidden = [-4] }'),
      r"model 'mlp' with model_options .* cannot be built"),
     ("heldout-too-large", _sub("heldout = 40", "heldout = 100000"), r"heldout=100000 leaves no training images"),
+    ("source-option-value", _sub('name = "synthetic"', 'name = "synthetic"\noptions = { n_train = -5 }'),
+     r"dataset 'synthetic' \(options: n_train=-5\) cannot be loaded"),
 ]
 
 
@@ -755,3 +765,9 @@ def test_lp_pool_workers_die_with_a_killed_parent(tmp_path):
         for k in _children(parent.pid):
             with __import__("contextlib").suppress(OSError):
                 os.kill(k, signal.SIGKILL)
+
+
+def test_report_primary_typo_names_close_values(tmp_path, capsys, finished):
+    for cmd in (["leaderboard"], ["figures", "--out", str(tmp_path / "f")]):
+        rc, _, err = _run(capsys, cmd + ["--results", str(finished / "r"), "--primary", "avg_gapp"])
+        assert_one_line_error(rc, err, r"--primary 'avg_gapp' is not a value of the stored runs. Did you mean 'avg_gap'")

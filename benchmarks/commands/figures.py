@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     (sel,) = select(args)
     out = Path(args.out or Path("figures") / sel.name)
     primary = args.primary or (sel.suite.primary if sel.suite else "avg_gap")
+    from unlearnbench.benchmarks.validate import stored_value_name
+
+    stored_value_name(primary, [r.row() for r in sel.records], "--primary" if args.primary else
+                      "the suite's primary score")
     scores, unreadable = _readable_scores(sel)
     by_id = {r.run_id: r for r in sel.records}
     splits_cache: dict[str, object] = {}

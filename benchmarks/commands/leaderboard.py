@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         (sel,) = select(args)
         name, rows, suite = sel.name, [r.row() for r in sel.records], sel.suite
     primary = args.primary or (suite.primary if suite else "avg_gap")
+    from unlearnbench.benchmarks.validate import stored_value_name
+
+    stored_value_name(primary, rows, "--primary" if args.primary else "the suite's primary score")
     when = args.generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     lb = build(rows, primary=primary, higher_is_better=args.higher_is_better, specs=declarations(rows),
                references=reference_methods(), method_order=list(suite.methods) if suite else None,
