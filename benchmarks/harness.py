@@ -32,6 +32,7 @@ from unlearnbench.attacks.costs import TIMER_FLOOR_S
 from unlearnbench.attacks.derived import gaps
 from unlearnbench.datasets import ForgetSplit, Splits, TensorData, build_request, build_splits
 from unlearnbench.methods import Budget, UnlearnRequest, create_method
+from unlearnbench.methods.base import ReportData
 from unlearnbench.methods.cost import WorkCount, count_work, flops_of, per_example_flops
 from unlearnbench.methods.models import build_model, count_parameters, state_bytes
 from unlearnbench.methods.training import fit, prepare, seed_everything
@@ -211,17 +212,19 @@ class CellData:
 
     def request(self, model: nn.Module, *, heldout: bool, budget: Budget | None = None,
                 forget: TensorData | None = None, retain: TensorData | None = None) -> UnlearnRequest:
-        held = None
+        held = held_c = None
         if heldout:
             held = self.heldout
             if self.split.forget_class is not None:  # third-party data must come from the other classes
                 held = held.subset(torch.nonzero(held.y != self.split.forget_class).flatten())
+                # unseen images of the forgotten class, for stop rules (request.heldout_forgotten)
+                held_c = self.heldout.subset(torch.nonzero(self.heldout.y == self.split.forget_class).flatten())
         return UnlearnRequest(model=model, forget=forget if forget is not None else self.forget,
                               retain=retain if retain is not None else self.retain,
                               num_classes=self.splits.num_classes, kind=self.split.kind,
                               recipe=self.cell.dataset.recipe, new_model=self.model_factory(), seed=self.cell.seed,
                               budget=budget or Budget(self.cell.max_epochs), forget_class=self.split.forget_class,
-                              heldout=held)
+                              heldout=held, heldout_forgotten=held_c)
 
 
 def _fresh_model(arch: str, image_shape: tuple, num_classes: int, mean: tuple, std: tuple, options: dict,
@@ -481,7 +484,9 @@ class PendingCell:
         record = self.record
         self.phase.resume()
         try:
-            extra = self.method.report(self.model, self.request)
+            ectx = self.evaluation.ectx  # after timing, report() may see the original and the test split
+            after = ReportData(original=self.original, heldout=ectx.heldout, test=ectx.test)
+            extra = self.method.report(self.model, dataclasses.replace(self.request, evaluation=after))
             self.phase.mark("report", sync_device=False)
             result = self.evaluation.host_stage()
             ref = self.reference.host_stage()

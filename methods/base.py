@@ -11,7 +11,9 @@ owns everything else: copying the model, seeding, device and precision, budget, 
 
 Tags:
 - ``needs_heldout``: gets ``request.heldout`` (unseen third-party data from the held-out split; for
-  class forgetting it excludes the forgotten class).
+  class forgetting it excludes the forgotten class) and, for class forgetting, ``request.heldout_forgotten``
+  (the held-out images of the forgotten class: unseen data of the class, for a stop rule that a retrained
+  model passes; the evaluation's membership attacks use test images of the class, never these).
 - ``needs_relu_head``: the model's ``head`` must be a ReLU MLP (PRUNE).
 - ``class_only``: only for the ``class`` request; other cells are recorded as not applicable.
 - ``reference``: a reference row (``retrain``, the target every gap is measured against, which the
@@ -128,6 +130,10 @@ class UnlearnRequest:
     forget_class: int | None = None
     heldout: TensorData | None = None  # only for methods tagged needs_heldout
     info: dict[str, float] = field(default_factory=dict)  # diagnostics the method reports (stored as metrics)
+    # class requests, methods tagged needs_heldout: the held-out images of the forgotten class (``heldout`` has none)
+    heldout_forgotten: TensorData | None = None
+    # None inside ``unlearn``; set by the harness for ``report()`` only, after timing (see :class:`ReportData`)
+    evaluation: "ReportData | None" = None
 
     @property
     def device(self) -> torch.device:
@@ -136,6 +142,18 @@ class UnlearnRequest:
     def generator(self, offset: int = 0) -> torch.Generator:
         """A generator on the device, seeded by the run seed (``offset`` gives independent streams)."""
         return device_generator(self.device, self.seed * 1000003 + offset)
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """What ``report()`` may look at besides the request, handed over by the harness after ``unlearn`` has
+    been timed (``request.evaluation``; never set while ``unlearn`` runs, so ``unlearn`` never sees test
+    data): the original model and the cell's whole held-out and test splits, for diagnostics such as the
+    number of test predictions a method changed."""
+
+    original: nn.Module | None = None
+    heldout: TensorData | None = None
+    test: TensorData | None = None
 
 
 class Method:
@@ -152,7 +170,9 @@ class Method:
         raise NotImplementedError
 
     def report(self, model: nn.Module, request: UnlearnRequest) -> dict[str, float]:
-        """Method-specific metrics computed after timing (e.g. PRUNE's certified fraction)."""
+        """Method-specific metrics computed after timing (e.g. PRUNE's certified fraction). The harness calls it
+        with ``request.evaluation`` set (:class:`ReportData`: the original model, held-out and test splits); other
+        callers may leave it None."""
         return {}
 
     # -- what the harness asks before running a cell
