@@ -45,6 +45,8 @@ offline_fixed,mu_in,sd_in,mu_out,sd_out}``.
 from __future__ import annotations
 
 import os
+import sys
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -175,9 +177,16 @@ def shadow_set(ctx: EvalContext, k: int, trainer: str, name: str = "mia.lira") -
     phi_path = cache.root / f"{set_key}.phi.npz"
     phi = None
     if phi_path.is_file():
-        with np.load(phi_path, allow_pickle=False) as z:
-            if z["phi"].shape == member.shape and np.array_equal(z["member"], member):
-                phi = z["phi"]
+        try:
+            with np.load(phi_path, allow_pickle=False) as z:
+                if z["phi"].shape == member.shape and np.array_equal(z["member"], member):
+                    phi = z["phi"]
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # damaged: compute it again
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            print(f"warning: cached shadow statistics {phi_path} are unreadable ({type(exc).__name__}); "
+                  "recomputing them", file=sys.stderr)
+            phi = None
     if phi is None:
         missing = [i for i in range(k) if not cache.has(shadow_keys[i])]
         chunk = TRAIN_CHUNK[mode]

@@ -42,6 +42,8 @@ Choices the paper does not make here: the halves design shared with LiRA (the pa
 from __future__ import annotations
 
 import os
+import sys
+import zipfile
 
 import numpy as np
 import torch
@@ -78,9 +80,16 @@ def unlearned_shadow_phi(ctx: EvalContext, ss, method, targets: np.ndarray) -> n
     phi = np.full((ss.k, len(targets)), np.nan)
     done = np.zeros(ss.k, dtype=bool)
     if path.is_file():  # complete, or the shadows finished before an interrupted run
-        with np.load(path, allow_pickle=False) as z:
-            if z["phi"].shape == phi.shape:
-                phi, done = z["phi"].copy(), z["done"].copy()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if z["phi"].shape == phi.shape:
+                    phi, done = z["phi"].copy(), z["done"].copy()
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # damaged: compute it again
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            print(f"warning: cached U-LiRA statistics {path} are unreadable ({type(exc).__name__}); recomputing them",
+                  file=sys.stderr)
+            phi, done = np.full((ss.k, len(targets)), np.nan), np.zeros(ss.k, dtype=bool)
     if done.all():
         return phi
     pool = ss.pool
