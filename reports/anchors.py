@@ -2,7 +2,7 @@
 
 Leaderboards show an anchor beside our measurement when the cell matches: the dataset source (and no
 ``train_subset``), the model, the forget request (kind and parameters) and the method. Values are
-converted to our metrics' units and names (METRICS.md): fractions, not percent;
+converted to our metrics' units and names (docs/metrics.md): fractions, not percent;
 ``forget_acc = 1 - UA``; SalUn's "MIA-efficacy" is ``mia.svc_efficacy``. A paper method is matched to a
 registered method through ``aliases`` compared after normalisation (lower case, letters and digits
 only, ``+`` read as ``plus``), so ``neggrad_plus`` matches "NegGrad+".

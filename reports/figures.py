@@ -324,7 +324,11 @@ def cost_pareto(g: Group, styles, out: Path, primary: str) -> FigureFile | str:
             pos = [x for x in xs if x > 0]
             lin = 10.0 ** math.floor(math.log10(min(pos))) if pos else 1.0  # a power of ten: 0, lin, 10 lin, ...
             ax.set_xscale("symlog", linthresh=lin)
-            ax.set_xlim(min(-0.3 * lin, 1.5 * min(xs)), max(10 * lin, 2.0 * max(xs)))
+            hi = max(10 * lin, 2.0 * max(xs))
+            ax.set_xlim(min(-0.3 * lin, 1.5 * min(xs)), hi)
+            lo_dec = int(round(math.log10(lin)))  # ticks at 0 and every decade from lin up: none inside (0, lin)
+            ax.set_xticks([0.0] + [10.0 ** k for k in range(lo_dec, math.floor(math.log10(hi)) + 1)])
+            ax.xaxis.set_minor_locator(__import__("matplotlib.ticker", fromlist=["NullLocator"]).NullLocator())
         else:
             ax.set_xscale(scale)
         if scale == "linear":

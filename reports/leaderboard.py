@@ -678,10 +678,19 @@ def _simple_table(g: Group, cols: list[str], caption: str, skip_ref: bool = Fals
     for mr in g.rows:
         if skip_ref and mr.is_reference:
             continue
-        cells = ([fmt_stat(mr.stats.get(c), _fmt_kind(g, c), mr.n) for c in cols] if mr.state == "ok"
-                 else _status_cells(mr, len(cols)))
+        cells = ([_cell_text(g, mr, c) for c in cols] if mr.state == "ok" else _status_cells(mr, len(cols)))
         t.rows.append((_row_kind(mr), [mr.rank_text, _method_label(mr)] + cells))
+    if any(cells[2:].count("—") and kind != "failed" for kind, cells in t.rows):
+        t.notes.append("— : no value (e.g. no speed-up for a method that does no counted work or runs under the "
+                       "timer's resolution; no pass ratio for a method that does no pass).")
     return t
+
+
+def _cell_text(g: Group, mr: MethodRow, col: str) -> str:
+    s = mr.stats.get(col)
+    if s is not None and s.n == 0 and _is(g.specs.get(col), "cost"):
+        return "—"  # a cost left empty on purpose (declared so), not a failed measurement
+    return fmt_stat(s, _fmt_kind(g, col), mr.n)
 
 
 def _diag_table(g: Group) -> Table:
