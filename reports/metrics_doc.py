@@ -61,12 +61,12 @@ def _cell(text: str) -> str:
 
 
 def _value_rows(values: Sequence[Any]) -> list[str]:
-    out = ["| value | kind | direction | unit | definition | sample | gap to retrain | in tables |",
-           "|:---|:---|:---|:---|:---|:---|:---|:---|"]
+    out = ["| value | kind | direction | unit | definition | sample | gap to retrain | in tables | reproduce compares |",
+           "|:---|:---|:---|:---|:---|:---|:---|:---|:---|"]
     for v in values:
         out.append(f"| `{v.name}` | {v.kind} | {DIRECTION_TEXT.get(v.direction, v.direction)} | {_cell(v.unit) or '—'} "
                    f"| {_cell(v.definition)} | {_cell(v.sample) or '—'} | {'`gap.' + v.name + '`' if v.gap else '—'} "
-                   f"| {'yes' if v.table else 'CSV only'} |")
+                   f"| {'yes' if v.table else 'CSV only'} | {'yes' if getattr(v, 'reproducible', True) else 'no'} |")
     return out
 
 
@@ -105,7 +105,8 @@ def render(cat: Catalogue) -> str:
               "One section per registered group. Groups a suite can select (`metrics = [...]`) come first; then "
               "the values the harness measures around every `unlearn` call. *gap to retrain*: the harness also "
               "stores `gap.<value>` (see below). *in tables*: shown in the Markdown/HTML/LaTeX leaderboard, or in "
-              "its CSV only.", ""]
+              "its CSV only. *reproduce compares*: `unlearnbench reproduce` compares a re-run's value with the stored "
+              "one (not for wall times, memory peaks and where a time was measured).", ""]
     for selectable in (True, False):
         for name, desc, sel, values in cat.groups:
             if sel != selectable:
