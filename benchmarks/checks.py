@@ -266,7 +266,8 @@ _ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.de
           types.ModuleType, type, types.BuiltinFunctionType, range)
 
 
-def reachable_tensors(root: Any, root_name: str = "request", limit: int = 200_000) -> Iterator[tuple[str, torch.Tensor]]:
+def reachable_tensors(root: Any, root_name: str = "request", limit: int = 200_000
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor reachable from ``root`` with a path to it: attributes (``__dict__``, ``__slots__``),
     containers, function closures and defaults, bound methods' ``__self__``, ``functools.partial``
     arguments. Module globals and classes are not followed (they reach every loaded module)."""
@@ -427,8 +428,10 @@ class MethodRuns:
             run.original_changed.append(f"mode (training={cell.original.training})")
         if not run.original_changed:
             again = _outputs(cell.original, probes)
-            run.original_changed = [f"outputs on {k}" for k in again if not torch.equal(again[k], run.original_outputs[k])]
-        run.inputs_changed = [k for k, v in _data_tensors(request).items() if k not in inputs or not torch.equal(inputs[k], v)]
+            run.original_changed = [f"outputs on {k}" for k in again
+                                    if not torch.equal(again[k], run.original_outputs[k])]
+        run.inputs_changed = [k for k, v in _data_tensors(request).items()
+                              if k not in inputs or not torch.equal(inputs[k], v)]
         try:
             run.outputs = _outputs(model, probes)
         except Exception as exc:
@@ -536,7 +539,8 @@ def declares_applicability(r: MethodRuns) -> str:
         raise CheckFailed("not applicable to any request of the check's cells ("
                           + "; ".join(f"{x.label}: {x.not_applicable}" for x in r.runs()) + "): nothing could be run")
     na = [f"{x.label} ({x.not_applicable})" for x in r.runs() if x.not_applicable]
-    return "applicable to " + ", ".join(x.label for x in r.applicable()) + (f"; declared n/a: {'; '.join(na)}" if na else "")
+    return ("applicable to " + ", ".join(x.label for x in r.applicable())
+            + (f"; declared n/a: {'; '.join(na)}" if na else ""))
 
 
 @_check("returns_model")
@@ -637,7 +641,8 @@ def respects_budget(r: MethodRuns) -> str:
         fwd, bwd = run.work.fwd / run.data_size, run.work.bwd / run.data_size
         if bwd > BWD_CAP or fwd > FWD_CAP:
             raise CheckFailed(f"{run.label}: {run.work.fwd} forward and {run.work.bwd} backward example passes on "
-                              f"{run.data_size} examples ({fwd:.1f}x, {bwd:.1f}x; caps {FWD_CAP:g}x, {BWD_CAP:g}x) under "
+                              f"{run.data_size} examples ({fwd:.1f}x, {bwd:.1f}x; caps {FWD_CAP:g}x, {BWD_CAP:g}x) "
+                              "under "
                               f"Budget(max_epochs={BUDGET.max_epochs}): cap every epoch loop with "
                               "request.budget.epochs(...) or pass budget=request.budget to fit")
         worst = (max(worst[0], fwd), max(worst[1], bwd))
@@ -685,7 +690,8 @@ def no_global_side_effects(r: MethodRuns) -> str:
     """torch's global settings and module hooks are as before the call."""
     for run in r.applicable():
         if run.globals_changed:
-            raise CheckFailed(f"{run.label}: unlearn left torch's global state changed: {'; '.join(run.globals_changed)}")
+            raise CheckFailed(f"{run.label}: unlearn left torch's global state changed: "
+                              f"{'; '.join(run.globals_changed)}")
     if not r.applicable():
         raise CheckSkipped("not applicable to any request")
     return "grad mode, dtype, threads, determinism, anomaly mode, global hooks unchanged"

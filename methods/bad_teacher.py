@@ -33,7 +33,9 @@ from .training import fit, forward
 
 
 @register("bad_teacher",
-          summary="Bad Teacher: distil from the original on retain and a random net on forget (AAAI 2023)")
+          summary="Bad Teacher: distil from the original on retain and a random net on forget (AAAI 2023)",
+          paper='Chundawat, Tarun, Mandal & Kankanhalli, "Can Bad Teaching Induce Forgetting? Unlearning in Deep '
+                'Networks Using an Incompetent Teacher", AAAI 2023')
 @dataclass(frozen=True)
 class BadTeacher(Method):
     lr: float = param(1e-4, "Adam learning rate (released code: 1e-4)", search=log_range(1e-5, 1e-2))

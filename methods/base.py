@@ -38,6 +38,15 @@ from unlearnbench.errors import UserError
 from .training import Budget, Recipe, device_generator
 
 TAGS = frozenset({"needs_heldout", "needs_relu_head", "class_only", "reference", "nondeterministic"})
+TAG_DOCS = {  # what each tag means (docs/methods.md; a method's tag_reasons say why it carries one)
+    "needs_heldout": "gets `request.heldout`: unseen third-party data from the held-out split (for class "
+                     "forgetting without the forgotten class)",
+    "needs_relu_head": "the model's `head` must be a ReLU MLP; other models are recorded as not applicable",
+    "class_only": "only for the `class` request; other cells are recorded as not applicable",
+    "reference": "a reference row (the retrain target every gap is measured against, or the no-op original): "
+                 "reports show it and never rank it",
+    "nondeterministic": "exempt from the determinism check (the reason is required)",
+}
 
 
 class MethodError(UserError, ValueError):
@@ -252,7 +261,9 @@ def method_class(name: str) -> type[Method]:
     if name not in _REGISTRY:
         near = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
-        raise MethodError(f"unknown method {name!r}.{hint} Registered methods: {', '.join(sorted(_REGISTRY))}.")
+        raise MethodError(f"unknown method {name!r}.{hint} Registered methods: {', '.join(sorted(_REGISTRY))}. "
+                          "A method from another package is registered once that package is installed "
+                          "(its `unlearnbench.methods` entry point).")
     return _REGISTRY[name]
 
 

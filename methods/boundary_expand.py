@@ -60,7 +60,9 @@ def prune(layer: nn.Linear, keep: int) -> nn.Linear:
 
 
 @register("boundary_expand", tags=("class_only",),
-          summary="Boundary Expanding: train forget samples into an extra shadow class, then prune it (CVPR 2023)")
+          summary="Boundary Expanding: train forget samples into an extra shadow class, then prune it (CVPR 2023)",
+          paper='Chen, Gao, Liu, Peng & Zhou, "Boundary Unlearning: Rapid Forgetting of Deep Networks via '
+                'Shifting the Decision Space", CVPR 2023')
 @dataclass(frozen=True)
 class BoundaryExpand(SGDBaseline):
     lr: float = param(1e-5, "learning rate (public code: 1e-5)", search=log_range(1e-6, 3e-2))

@@ -53,7 +53,9 @@ def neighbour_labels(original: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
 
 
 @register("boundary_shrink", tags=("class_only",),
-          summary="Boundary Shrink: fine-tune forget samples to their FGSM-nearest wrong class (CVPR 2023)")
+          summary="Boundary Shrink: fine-tune forget samples to their FGSM-nearest wrong class (CVPR 2023)",
+          paper='Chen, Gao, Liu, Peng & Zhou, "Boundary Unlearning: Rapid Forgetting of Deep Networks via '
+                'Shifting the Decision Space", CVPR 2023')
 @dataclass(frozen=True)
 class BoundaryShrink(SGDBaseline):
     lr: float = param(1e-5, "learning rate (public code: 1e-5)", search=log_range(1e-6, 3e-2))

@@ -28,7 +28,8 @@ from .base import UnlearnRequest, log_range, param, register
 from .training import fit
 
 
-@register("finetune", summary="FT: fine-tune on the retain set only (Warnecke et al. 2023; public-code defaults)")
+@register("finetune", summary="FT: fine-tune on the retain set only (Warnecke et al. 2023; public-code defaults)",
+          paper='Warnecke et al., "Machine Unlearning of Features and Labels", NDSS 2023')
 @dataclass(frozen=True)
 class Finetune(SGDBaseline):
     lr: float = param(0.01, "learning rate (public code: 0.01)", search=log_range(1e-3, 0.5))

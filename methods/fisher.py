@@ -43,7 +43,9 @@ from .base import Method, MethodError, UnlearnRequest, log_range, param, registe
 FISHERS = ("empirical", "true")
 
 
-@register("fisher", summary="Fisher forgetting: Gaussian weight noise with variance alpha/F_retain (CVPR 2020)")
+@register("fisher", summary="Fisher forgetting: Gaussian weight noise with variance alpha/F_retain (CVPR 2020)",
+          paper='Golatkar, Achille & Soatto, "Eternal Sunshine of the Spotless Net: Selective Forgetting in Deep '
+                'Networks", CVPR 2020')
 @dataclass(frozen=True)
 class Fisher(Method):
     alpha: float = param(1e-7, "noise variance scale: var = alpha / F (1e-7 at CIFAR scale; ~1/N_retain)",

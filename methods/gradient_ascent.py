@@ -26,7 +26,9 @@ from .base import UnlearnRequest, log_range, param, register
 from .training import fit
 
 
-@register("gradient_ascent", summary="GA/NegGrad: gradient ascent on the forget set's cross-entropy")
+@register("gradient_ascent", summary="GA/NegGrad: gradient ascent on the forget set's cross-entropy",
+          paper='Thudi et al., "Unrolling SGD: Understanding Factors Influencing Machine Unlearning", EuroS&P '
+                "2022")
 @dataclass(frozen=True)
 class GradientAscent(SGDBaseline):
     lr: float = param(1e-4, "learning rate (public code: 1e-4; very sensitive)",

@@ -32,7 +32,9 @@ DECAYS = ("epoch", "step")
 
 
 @register("l1_sparse",
-          summary="l1-sparse: fine-tune on retain + linearly decaying l1 penalty (Jia et al., NeurIPS 2023)")
+          summary="l1-sparse: fine-tune on retain + linearly decaying l1 penalty (Jia et al., NeurIPS 2023)",
+          paper='Jia, Liu, Ram, Yao, Liu, Liu, Sharma & Liu, "Model Sparsity Can Simplify Machine Unlearning", '
+                "NeurIPS 2023")
 @dataclass(frozen=True)
 class L1Sparse(SGDBaseline):
     gamma: float = param(1e-4, "initial weight of the l1 penalty (decays linearly to 0)",

@@ -27,7 +27,9 @@ from .base import MethodError, UnlearnRequest, linear_range, log_range, param, r
 from .training import cycle, fit, forward
 
 
-@register("neggrad_plus", summary="NegGrad+: beta*CE(retain) - (1-beta)*CE(forget) on paired batches (Kurmanji 2023)")
+@register("neggrad_plus", summary="NegGrad+: beta*CE(retain) - (1-beta)*CE(forget) on paired batches (Kurmanji 2023)",
+          paper='Kurmanji, Triantafillou, Hayes & Triantafillou, "Towards Unbounded Machine Unlearning", NeurIPS '
+                "2023")
 @dataclass(frozen=True)
 class NegGradPlus(SGDBaseline):
     beta: float = param(0.95, "weight of the retain cross-entropy; 1 - beta weighs the forget ascent",

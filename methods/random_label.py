@@ -27,7 +27,8 @@ from ._baseline_utils import RL_ORDERS, SGDBaseline, random_label_training
 from .base import UnlearnRequest, categorical, log_range, param, register
 
 
-@register("random_label", summary="RL: forget samples get random labels, trained with the retain set")
+@register("random_label", summary="RL: forget samples get random labels, trained with the retain set",
+          paper='Graves, Nagisetty & Ganesh, "Amnesiac Machine Learning", AAAI 2021')
 @dataclass(frozen=True)
 class RandomLabel(SGDBaseline):
     lr: float = param(0.013, "learning rate (SalUn README: 0.013)", search=log_range(1e-3, 0.3))

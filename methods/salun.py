@@ -89,7 +89,9 @@ def saliency_mask(model: nn.Module, forget: TensorData, *, fraction: float = 0.5
     return out
 
 
-@register("salun", summary="SalUn: random-label unlearning restricted to the 50% most salient weights (ICLR 2024)")
+@register("salun", summary="SalUn: random-label unlearning restricted to the 50% most salient weights (ICLR 2024)",
+          paper='Fan, Liu, Zhang, Wong, Wei & Liu, "SalUn: Empowering Machine Unlearning via Gradient-based '
+                'Weight Saliency in Both Image Classification and Generation", ICLR 2024')
 @dataclass(frozen=True)
 class SalUn(SGDBaseline):
     lr: float = param(0.013, "learning rate of the random-label stage (SalUn README: 0.013)",

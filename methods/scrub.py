@@ -36,7 +36,9 @@ from .base import MethodError, UnlearnRequest, categorical, int_range, log_range
 from .training import forward, make_optimizer
 
 
-@register("scrub", summary="SCRUB: max-steps away from the teacher on forget, min-steps on retain (NeurIPS 2023)")
+@register("scrub", summary="SCRUB: max-steps away from the teacher on forget, min-steps on retain (NeurIPS 2023)",
+          paper='Kurmanji, Triantafillou, Hayes & Triantafillou, "Towards Unbounded Machine Unlearning", NeurIPS '
+                "2023")
 @dataclass(frozen=True)
 class Scrub(SGDBaseline):
     batch_size: int = param(128, "retain (min-step) batch size (released code: 128)",

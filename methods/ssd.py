@@ -30,7 +30,9 @@ from ._baseline_utils import batch_grad_importance, budget_prefix
 from .base import Method, MethodError, UnlearnRequest, log_range, param, register
 
 
-@register("ssd", summary="SSD: dampen weights far more important to the forget set than to all data (AAAI 2024)")
+@register("ssd", summary="SSD: dampen weights far more important to the forget set than to all data (AAAI 2024)",
+          paper='Foster, Schoepf & Brintrup, "Fast Machine Unlearning Without Retraining Through Selective '
+                'Synaptic Dampening", AAAI 2024')
 @dataclass(frozen=True)
 class SSD(Method):
     alpha: float = param(10.0, "selection weighting: select where I_forget > alpha * I_full",

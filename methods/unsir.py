@@ -80,7 +80,9 @@ def error_maximising_noise(model: nn.Module, target: int, shape: tuple[int, ...]
 
 
 @register("unsir", tags=("class_only",),
-          summary="UNSIR: error-maximising noise for the forgotten class, impair then repair (TNNLS 2023)")
+          summary="UNSIR: error-maximising noise for the forgotten class, impair then repair (TNNLS 2023)",
+          paper='Tarun, Chundawat, Mandal & Kankanhalli, "Fast Yet Effective Machine Unlearning", IEEE TNNLS '
+                "2023")
 @dataclass(frozen=True)
 class Unsir(Method):
     noise_batch: int = param(256, "distinct noise images (released: one batch of 256)")

@@ -23,11 +23,11 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "methods":
         from unlearnbench.methods import describe, method_class, method_names
 
-        for c in ("method", "tags", "summary") + (("hyperparameters",) if args.verbose else ()):
+        for c in ("method", "from", "tags", "summary") + (("hyperparameters",) if args.verbose else ()):
             table.add_column(c)
         for name in method_names():
             cls = method_class(name)
-            row = [name, ", ".join(sorted(cls.tags)), cls.summary]
+            row = [name, cls.origin, ", ".join(sorted(cls.tags)), cls.summary]
             if args.verbose:
                 row.append("\n".join(f"{f} ({t}) = {d!r}: {doc}" + (f" [search {rng}]" if rng else "")
                                       for f, t, d, doc, rng in describe(cls)))
@@ -65,4 +65,14 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(s.name, ", ".join(d.spec.display for d in s.datasets), ", ".join(r.label for r in s.requests),
                           str(len(s.methods)), str(len(s.seeds)), s.description)
     console.print(table)
+    if args.what == "methods":
+        console.print("from: built-in, or the plug-in distribution that registered it (docs/methods.md describes "
+                      "the built-ins; `unlearnbench check-method NAME` checks any of them)", highlight=False,
+                      soft_wrap=True)
+    from unlearnbench import plugins
+
+    skipped = plugins.problems()  # each was reported on stderr (why, and the fix) when it was skipped
+    if skipped:
+        console.print("skipped plug-in(s), see the warnings above: "
+                      + "; ".join(f"{p.distribution} ({p.group})" for p in skipped), highlight=False, soft_wrap=True)
     return 0
