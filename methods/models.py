@@ -102,6 +102,7 @@ def resnet18_body(in_channels: int, width: int = 64) -> nn.Sequential:
 
 
 def _mlp(shape, num_classes, hidden: Sequence[int] = (128,), head_hidden: Sequence[int] = (64,)):
+    """flatten -> Linear/ReLU blocks (options: hidden, head_hidden); for the 8x8 digits"""
     c, h, w = shape
     layers: list[nn.Module] = [nn.Flatten()]
     d = c * h * w
@@ -112,6 +113,7 @@ def _mlp(shape, num_classes, hidden: Sequence[int] = (128,), head_hidden: Sequen
 
 
 def _small_cnn(shape, num_classes, channels: Sequence[int] = (32, 64), fc: int = 128, head_hidden: Sequence[int] = (64,)):
+    """conv-pool blocks -> fc (options: channels, fc, head_hidden); for MNIST-family images"""
     c, h, w = shape
     layers: list[nn.Module] = []
     cin = c
@@ -124,6 +126,7 @@ def _small_cnn(shape, num_classes, channels: Sequence[int] = (32, 64), fc: int =
 
 
 def _resnet18(shape, num_classes, width: int = 64, head_hidden: Sequence[int] = (128,)):
+    """ResNet-18 with the CIFAR stem (options: width, head_hidden); for CIFAR-size images"""
     body = resnet18_body(shape[0], width)
     return body, 8 * width, relu_head(8 * width, head_hidden, num_classes), True
 

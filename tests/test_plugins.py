@@ -189,10 +189,11 @@ def test_plugins_register_in_every_group_and_broken_ones_are_skipped(probe):
         assert f"warning: skipped plug-in '{dist}" in res.stderr and f"pip uninstall {dist}" in res.stderr
 
 
-def test_list_methods_shows_origins_and_survives_broken_plugins(site, tmp_path):
+def test_list_shows_origins_and_survives_broken_plugins(site, tmp_path):
     res = _python(site, "import sys; from unlearnbench.benchmarks.cli import main; "
-                        "sys.exit(main(['list', 'methods']))", tmp_path)
+                        "sys.exit(main(['list', 'methods']) or main(['list', 'models']))", tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "ub-good 1.0" in next(line for line in res.stdout.splitlines() if "wide_mlp" in line)
     row = next(line for line in res.stdout.splitlines() if "head_ft" in line)
     assert "ub-good 1.0" in row
     assert "built-in" in next(line for line in res.stdout.splitlines() if " finetune " in line)

@@ -1,4 +1,4 @@
-"""``unlearnbench list methods|datasets|requests|metrics|suites``: what is registered."""
+"""``unlearnbench list methods|models|datasets|requests|metrics|suites``: what is registered."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-WHAT = ("methods", "datasets", "requests", "metrics", "suites")
+WHAT = ("methods", "models", "datasets", "requests", "metrics", "suites")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("list", help="list registered methods, datasets, requests, metrics or suites")
+    p = sub.add_parser("list", help="list registered methods, models, datasets, requests, metrics or suites")
     p.add_argument("what", choices=WHAT)
     p.add_argument("--verbose", "-v", action="store_true", help="methods: show every hyperparameter")
     p.set_defaults(func=run)
@@ -32,6 +32,14 @@ def run(args: argparse.Namespace) -> int:
                 row.append("\n".join(f"{f} ({t}) = {d!r}: {doc}" + (f" [search {rng}]" if rng else "")
                                       for f, t, d, doc, rng in describe(cls)))
             table.add_row(*row)
+    elif args.what == "models":
+        from unlearnbench.methods.models import MODELS
+
+        for c in ("model", "from", "description"):
+            table.add_column(c)
+        for name in sorted(MODELS):
+            doc = (MODELS[name].__doc__ or "").strip().splitlines()
+            table.add_row(name, MODELS.origins.get(name, ""), doc[0] if doc else "")
     elif args.what == "datasets":
         from unlearnbench.datasets import list_sources
 
