@@ -376,15 +376,15 @@ def run_study(*, suite: Suite, dataset: DatasetEntry, request: RequestEntry, met
     for t in trials:
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
-        raise TuneError(f"study {name}: no trial completed ({counts}); every trial went over the compute cap or was "
-                        "pruned: raise --cap or --trials")
+    key = (dataset.spec.display, dataset.model, request.label, method)
+    if not complete:  # every trial went over the cap (or was pruned): nothing to choose, nothing written
+        return StudyResult(key, name, {}, float("nan"), -1, float("nan"), counts, time.perf_counter() - t0,
+                           sum(float(t.user_attrs.get("time_s", 0.0)) for t in trials), {}, [])
     best = min(complete, key=lambda t: (t.value, t.number))
     default_trials = [t for t in trials if t.user_attrs.get("defaults") and t.state.is_finished()]
     default_value = (default_trials[0].value if default_trials and default_trials[0].value is not None
                      else float("nan"))
     total = sum(float(t.user_attrs.get("time_s", 0.0)) for t in trials)
-    key = (dataset.spec.display, dataset.model, request.label, method)
     prov = {
         "study": name, "storage": STORAGE_NAME, "objective": objective, "trials": len(complete) + counts.get("pruned", 0),
         "trials_complete": len(complete), "trials_pruned": counts.get("pruned", 0), "best_value": float(best.value),

@@ -202,6 +202,16 @@ def test_a_trial_over_the_compute_cap_is_capped_and_within_it_is_scored(tmp_path
     assert free.value == pytest.approx(free.info["retrain_free"])
 
 
+def test_a_study_whose_every_trial_goes_over_the_cap_writes_nothing(tmp_path):
+    suite = _suite()
+    ctx = RunContext(results_dir=tmp_path, device=torch.device("cpu"))
+    req = suite.requests[0]
+    vcs = [prepare_validation(s, ctx) for s in validation_cells(suite, suite.datasets[0], req, "finetune", 1, ctx)]
+    res = run_study(suite=suite, dataset=suite.datasets[0], request=req, method="finetune", cells=vcs, ctx=ctx,
+                    n_trials=3, cap=1e-6)
+    assert res.best_params == {} and res.trials == {"pruned": 3}
+
+
 def test_retrain_free_score_formula():
     orig = {"retain_acc": 1.0, "test_acc": 0.9, "test_acc_rest": 0.92}
     # random request: forget accuracy should sit at the model's own held-out accuracy, loss AUC at 0.5

@@ -132,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
             res = run_study(suite=suite, dataset=d, request=r, method=m, cells=vcs, ctx=ctx, objective=args.objective,
                             n_trials=args.trials, cap=args.cap, seed=args.seed, timeout=args.timeout, commit=commit,
                             dirty=dirty, on_trial=on_trial)
+            if not res.best_params:
+                print(f"{d.spec.display}/{d.model}/{r.label}/{m}: no trial completed within the compute cap "
+                      f"({res.trials}) in {res.wall_s:.1f} s: not written (more --trials, a larger --cap, or the "
+                      "method cannot unlearn this cell within the cap)")
+                continue
             results.append(res)
             write_overlay(out, suite.name, [res])  # after every study: a killed run keeps the finished ones
             params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(res.best_params.items()))
