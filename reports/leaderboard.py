@@ -806,7 +806,8 @@ _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                 "±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "—": "---", "–": "--",
                 "↳": r"$\hookrightarrow$", "×": r"$\times$", "→": r"$\to$", "−": "--", "·": r"$\cdot$",
-                "<": r"\textless{}", ">": r"\textgreater{}"}
+                "<": r"\textless{}", ">": r"\textgreater{}", "≈": r"$\approx$", "χ": r"$\chi$", "²": r"$^2$",
+                "α": r"$\alpha$", "θ": r"$\theta$", "√": r"$\surd$"}
 
 
 def tex_escape(s: str) -> str:
