@@ -1,4 +1,4 @@
-"""Accuracy metrics (METRICS.md, "Accuracy"): retain, forget and test accuracy, SalUn's UA, and for
+"""Accuracy metrics (docs/metrics.md, "accuracy"): retain, forget and test accuracy, SalUn's UA, and for
 class forgetting the test accuracy split into the forgotten class and the rest."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Backdoor removal: triggers, poisoning, the ``backdoor`` forget request and the ``backdoor`` metrics
-(METRICS.md, "Forget requests" and "Backdoor").
+(docs/metrics.md, "Forget requests" and "backdoor").
 
 Request ``backdoor`` (registered here with :func:`unlearnbench.datasets.register_request`; the
 suite parser and ``unlearnbench list requests`` call :func:`unlearnbench.attacks.load_all` first):
@@ -16,7 +16,7 @@ Triggers (``trigger`` parameter):
   corner, touching the border.
 - ``blended`` (Chen et al. 2017): ``x' = round((1 − α) x + α P)`` with α = 0.1 and P a fixed uniform
   random uint8 image of the dataset's shape (seed :data:`BLENDED_PATTERN_SEED`; the paper blends a
-  photograph -- METRICS.md asks for a random pattern).
+  photograph -- the project's definition asks for a random pattern).
 Choices the papers leave open: the trigger is stamped on the stored uint8 image *before*
 augmentation (crop/flip datasets then see a shifted or mirrored trigger in training, as in the
 public BackdoorBench pipelines); the poisoned images are drawn from the non-target classes only;

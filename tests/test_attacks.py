@@ -1,4 +1,4 @@
-"""Population membership-inference attacks (METRICS.md): orientation, exact formulas, behaviour on a
+"""Population membership-inference attacks (docs/metrics.md): orientation, exact formulas, behaviour on a
 memorising model and on unseen data, the retrain reference near 0.5, the SVC convention, and the
 stored per-example scores reproducing the stored values."""
 

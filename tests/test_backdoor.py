@@ -108,7 +108,8 @@ def test_backdoor_suite_parses_and_lists_the_request():
     suite = load_suite("backdoor")
     assert {r.params["trigger"] for r in suite.requests} == {"badnets", "blended"}
     assert "backdoor" in suite.metrics
-    assert {d.spec.name for d in suite.datasets} == {"mnist", "cifar10-jpeg"}
+    assert {d.spec.name for d in suite.datasets} == {"digits", "mnist", "cifar10-jpeg"}
+    assert {d.spec.name for d in suite.datasets if d.requires == "cuda"} == {"mnist", "cifar10-jpeg"}
 
 
 # ------------------------------------------------------------------------------ removal

@@ -30,7 +30,12 @@ CELL_TASK = b"ray::_run_cell"  # the process title of a Ray worker while it runs
 
 
 def _timing(name: str) -> bool:
-    return name in TIMING or name.startswith("cell.")
+    """Values a re-run cannot give again (their declarations say so: wall times, memory peaks, and whether the
+    reference time was measured by the process that scored the cell -- a Ray worker or this one)."""
+    from unlearnbench.attacks import declaration
+
+    spec = declaration(name)
+    return name in TIMING or (spec is not None and not spec.reproducible)
 
 
 @pytest.fixture(scope="module")
