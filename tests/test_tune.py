@@ -293,7 +293,8 @@ def test_tune_then_run_tuned_records_provenance_beside_untuned_records(tmp_path,
     for e in data["tuned"]:
         s = e["study"]
         assert s["objective"] == "retrain-gap" and s["trials"] == 5 and s["cap"] == 0.5
-        assert s["validation_seeds"] == [VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 1]
+        k = 4 if e["request"] == "class" else 2  # class requests: 4 validation classes by default
+        assert s["validation_seeds"] == [VALIDATION_SEED_BASE + i for i in range(k)]
         if s["default_value"] == s["default_value"]:  # the defaults are trial 0 (NaN: it went over the cap)
             assert s["best_value"] <= s["default_value"] + 1e-12
         assert set(e["params"]) == set(search_space(method_class(e["method"])))

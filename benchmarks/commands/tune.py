@@ -13,7 +13,8 @@ from unlearnbench.benchmarks.validate import csv_arg, device_arg
 
 
 def add_parser(sub) -> None:
-    from unlearnbench.benchmarks.tune import (DEFAULT_CAP, DEFAULT_TRIALS, DEFAULT_VALIDATION_CELLS, OBJECTIVES,
+    from unlearnbench.benchmarks.tune import (DEFAULT_CAP, DEFAULT_CLASS_VALIDATION_CELLS, DEFAULT_TRIALS,
+                                              DEFAULT_VALIDATION_CELLS, OBJECTIVES,
                                               STORAGE_NAME, VALIDATION_SEED_BASE)
 
     p = sub.add_parser(
@@ -38,8 +39,9 @@ def add_parser(sub) -> None:
                         "retrain-free: needs no retrained model (docs/tuning.md gives the formula)")
     p.add_argument("--cap", type=float, default=DEFAULT_CAP,
                    help=f"most example passes a trial may use, as a fraction of retraining's (default {DEFAULT_CAP})")
-    p.add_argument("--validation-cells", type=int, default=DEFAULT_VALIDATION_CELLS,
-                   help=f"validation cells per study (default {DEFAULT_VALIDATION_CELLS})")
+    p.add_argument("--validation-cells", type=int, default=None,
+                   help=f"validation cells per study (default {DEFAULT_CLASS_VALIDATION_CELLS} for class requests: values "
+                        f"must carry over to other classes; {DEFAULT_VALIDATION_CELLS} otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
     p.add_argument("--timeout", type=float, default=None,
                    help="stop starting new trials of a study after this many seconds (its finished trials count)")
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from unlearnbench.benchmarks.harness import RunContext, resolve_device
     from unlearnbench.benchmarks.suite import load_suite
     from unlearnbench.benchmarks.validate import folder_arg
-    from unlearnbench.benchmarks.tune import (TuneError, prepare_validation, run_study, tune_lock, validation_cells,
+    from unlearnbench.benchmarks.tune import (DEFAULT_CLASS_VALIDATION_CELLS, DEFAULT_VALIDATION_CELLS, TuneError,
+                                              prepare_validation, run_study, tune_lock, validation_cells,
                                               write_overlay)
     from unlearnbench.methods import create_method, method_class, search_space
 
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise TuneError(f"--trials must be >= 1, got {args.trials}")
     if not 0.0 < args.cap:
         raise TuneError(f"--cap must be > 0 (a fraction of retraining's passes, e.g. 0.5), got {args.cap}")
-    if args.validation_cells < 1:
+    if args.validation_cells is not None and args.validation_cells < 1:
         raise TuneError(f"--validation-cells must be >= 1, got {args.validation_cells}")
     results = folder_arg(args.results, "--results")
     cache_dir = folder_arg(args.cache_dir, "--cache-dir") if args.cache_dir is not None else None
@@ -111,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
             vkey = (d.spec.display, d.model, r.label)
             if vkey not in prepared:
                 t0 = time.perf_counter()
-                specs = validation_cells(suite, d, r, m, args.validation_cells, ctx)
+                n_val = args.validation_cells or (DEFAULT_CLASS_VALIDATION_CELLS if r.kind == "class"
+                                                  else DEFAULT_VALIDATION_CELLS)
+                specs = validation_cells(suite, d, r, m, n_val, ctx)
                 prepared[vkey] = [prepare_validation(s, ctx) for s in specs]
                 print(f"{d.spec.display}/{d.model}/{r.label}: {len(specs)} validation cell(s) "
                       f"({', '.join(f'{s.request.label} seed {s.seed}' for s in specs)}) ready in "
