@@ -23,11 +23,14 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "methods":
         from unlearnbench.methods import describe, method_class, method_names
 
-        for c in ("method", "from", "tags", "summary") + (("hyperparameters",) if args.verbose else ()):
+        # --verbose keeps the hyperparameters column wide: the origin goes under the name instead
+        cols = ("method", "tags", "summary", "hyperparameters") if args.verbose else ("method", "from", "tags", "summary")
+        for c in cols:
             table.add_column(c)
         for name in method_names():
             cls = method_class(name)
-            row = [name, cls.origin, ", ".join(sorted(cls.tags)), cls.summary]
+            row = ([f"{name}\n({cls.origin})"] if args.verbose else [name, cls.origin]) + \
+                [", ".join(sorted(cls.tags)), cls.summary]
             if args.verbose:
                 row.append("\n".join(f"{f} ({t}) = {d!r}: {doc}" + (f" [search {rng}]" if rng else "")
                                       for f, t, d, doc, rng in describe(cls)))
