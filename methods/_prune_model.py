@@ -9,8 +9,14 @@
   ``h_k = ReLU(p_k + K_k g_k - K_k) - ReLU(-p_k + K_k g_k - K_k)`` and ``g_k = max`` over the members' support
   networks ``g(z) = ReLU(sum_j clamp(gamma y_j + 1, 0, 1) - (m - 1))``, ``y = b - A z`` the member region's
   constraints (``clamp(u + 1, 0, 1) = ReLU(u + 1) - ReLU(u)``, written so the plateaus are exact in floats).
-- :class:`PatchedModel`: the untouched original plus a :class:`PatchedHead`; ``features(x)`` and ``head``
-  work as on the original; saved and rebuilt through ``state_dict`` (:meth:`PatchedModel.from_state_dict`).
+- :class:`PatchedModel`: the untouched original plus a :class:`PatchedHead` over the patched ReLU MLP: in
+  ``head`` space the model's head on frozen penultimate features (``features(x)`` and ``head`` work as on the
+  original); in ``input`` space (MLP models only: the authors' own setting) the whole network after the
+  normalisation, ``features(x)`` = the normalised, flattened image and ``head`` = the patched MLP (so
+  ``forward(x) == head(features(x))`` holds, but ``features`` is the input's width, not the original's); saved
+  and rebuilt through ``state_dict`` (:meth:`PatchedModel.from_state_dict`).
+- :func:`patched_layers` / :func:`space_features` / :func:`input_box`: the Linear layers, the points and the
+  box of either space.
 
 Support networks are stored as sign patterns, not as ``(A, b)``: a region's constraints are a function of
 the original head's weights and the pattern (``A_j = -s_j grad a_j``, ``b_j = s_j (a_j(0))`` with ``a_j`` the
@@ -46,6 +52,58 @@ def relu_mlp_layers(model: nn.Module) -> list[nn.Linear]:
         raise ModelError(f"PRUNE needs a head Linear, ReLU, ..., Linear with at least one hidden layer; "
                          f"got {[type(m).__name__ for m in model.head]}")
     return linears
+
+
+SPACES = ("head", "input")
+
+
+def input_mlp_layers(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers of a whole MLP classifier (``mlp`` architecture: body Flatten, Linear, ReLU, ..., Linear,
+    ReLU; head Linear, ReLU, ..., Linear), for input-space patching."""
+    body = getattr(model, "body", None)
+    if not isinstance(body, nn.Sequential) or not hasattr(model, "normalize"):
+        raise ModelError("input-space patching needs an MLP classifier (normalize, body, head); use space='head'")
+    mods = list(body)
+    kinds = ["F" if isinstance(m, nn.Flatten) else "L" if isinstance(m, nn.Linear) else "R" if isinstance(m, nn.ReLU)
+             else "?" for m in mods]
+    if not kinds or kinds[0] != "F" or len(kinds) % 2 != 1 or kinds[1:] != ["L", "R"] * ((len(kinds) - 1) // 2):
+        raise ModelError(f"input-space patching needs a body Flatten, Linear, ReLU, ..., Linear, ReLU (an MLP); got "
+                         f"{[type(m).__name__ for m in mods]}: use space='head'")
+    return [m for m in mods if isinstance(m, nn.Linear)] + relu_mlp_layers(model)
+
+
+def patched_layers(model: nn.Module, space: str) -> list[nn.Linear]:
+    """The Linear layers of the ReLU MLP that PRUNE patches in ``space`` (``head`` or ``input``)."""
+    if space == "head":
+        return relu_mlp_layers(model)
+    if space == "input":
+        return input_mlp_layers(model)
+    raise ModelError(f"unknown patch space {space!r}; use one of {SPACES}")
+
+
+def patched_sequential(model: nn.Module, space: str) -> nn.Sequential:
+    """The patched MLP as one Sequential of the original's own modules (not copies)."""
+    if space == "head":
+        return model.head
+    input_mlp_layers(model)
+    return nn.Sequential(*list(model.body)[1:], *list(model.head))
+
+
+def space_features(model: nn.Module, x: torch.Tensor, space: str) -> torch.Tensor:
+    """The points the patched MLP sees: penultimate features (``head``) or the normalised, flattened image."""
+    if space == "head":
+        return model.features(x)
+    return model.normalize(x).flatten(1)
+
+
+def input_box(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid input domain of ``input`` space: pixel values [0, 1] through the model's normalisation,
+    flattened (channel-major, as ``flatten`` orders them)."""
+    mean, std = model.normalize.mean.reshape(-1), model.normalize.std.reshape(-1)
+    c, h, w = image_shape
+    lo = ((0.0 - mean) / std).repeat_interleave(h * w)
+    hi = ((1.0 - mean) / std).repeat_interleave(h * w)
+    return lo.float(), hi.float()
 
 
 def hidden_sizes(linears: list[nn.Linear]) -> list[int]:
@@ -269,16 +327,19 @@ class PatchedModel(nn.Module):
     with ``head`` a :class:`PatchedHead`. Outside every support the output equals the original's bit for bit
     (fp32); the head and patches always run in fp32 (no autocast, no TF32)."""
 
-    def __init__(self, original: nn.Module, lo: torch.Tensor, hi: torch.Tensor, gamma: float, epsilon: float):
+    def __init__(self, original: nn.Module, lo: torch.Tensor, hi: torch.Tensor, gamma: float, epsilon: float,
+                 space: str = "head"):
         super().__init__()
-        relu_mlp_layers(original)
+        patched_layers(original, space)
         self.original = original
         dev = _device_of(original)
-        self.head = PatchedHead(original.head, lo.to(dev), hi.to(dev), gamma, epsilon)
+        self.space = space
+        self.register_buffer("space_code", torch.tensor(SPACES.index(space), dtype=torch.int64, device=dev))
+        self.head = PatchedHead(patched_sequential(original, space), lo.to(dev), hi.to(dev), gamma, epsilon)
 
     # -- the Classifier interface other code relies on
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.original.features(x)
+        return space_features(self.original, x, self.space)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -293,6 +354,8 @@ class PatchedModel(nn.Module):
 
     @property
     def feature_dim(self) -> int:
+        if self.space == "input":
+            return int(self.head.lo.numel())
         return int(getattr(self.original, "feature_dim", self.head.lo.numel()))
 
     @property
@@ -307,8 +370,10 @@ class PatchedModel(nn.Module):
         if not all(k in state for k in ("head.lo", "head.hi", "head.gamma", "head.epsilon")):
             raise ValueError("not a PatchedModel state_dict (no 'head.lo' / 'head.gamma' / 'head.epsilon'); "
                              "save one with patched_model.state_dict()")
+        space = SPACES[int(state["space_code"])] if "space_code" in state else "head"
+        state = {**state, "space_code": torch.tensor(SPACES.index(space), dtype=torch.int64)}
         model = cls(original, state["head.lo"], state["head.hi"], float(state["head.gamma"]),
-                    float(state["head.epsilon"]))
+                    float(state["head.epsilon"]), space)
         ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"head\.patches\.(\d+)\.d$", k))})
         if ids != list(range(len(ids))):
             raise ValueError(f"PatchedModel state_dict has patch indices {ids}; expected 0..{len(ids) - 1}")

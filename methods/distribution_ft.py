@@ -15,12 +15,16 @@ partners' targets and a retain batch ``(x_r, y_r)`` and minimises
 batch; the retain cross-entropy uses the recipe's label smoothing). Variant ``adversarial``: a small
 discriminator learns forget outputs (1) from the partners' outputs (0); each step it takes one Adam
 step, then the model takes one step on ``BCE(D(forget outputs), 0) + retain_weight * CE(retain)``.
-After every epoch a membership test compares forget and third-party outputs
-(``methods/_membership.py``: AUC of the forget label's log-probability on forget images vs matched
-third-party images, partners drawn independently of the training pairs; the adversarial variant
-stops on its discriminator's AUC instead); training stops when the test is at chance
-(AUC <= 0.5 + tol) or at the epoch limit. The original is tested first: if it already passes, it is
-returned unchanged.
+After every epoch but the last, the stop rule of ``methods/_membership.py`` runs (both variants): a
+probe of at most ``probe_forget`` forget images and ``probe_unseen`` unseen images *of the same kind*
+(held-out images with the forget sample's label mix for random/points requests, held-out images of the
+forgotten class for class requests, uniform held-out images for backdoor requests), two one-sided
+statistics (the AUC of the scoring label's log-probability, and how much rarer low scores are in the
+forget sample than in the unseen one) with tolerances calibrated from the spread between two disjoint
+unseen samples (``z`` null standard deviations), and for class requests the forgotten class's accuracy
+at most chance (1 / C). Training stops when the rule passes, or at the epoch limit. A model retrained
+without the forget set passes this rule and the original fails it wherever their membership differs
+measurably (``tests/test_seed_methods.py`` checks both on every CPU cell of the seeds suite).
 
 Choices the paper does not make (we could read only its abstract), with the option selecting each:
 - The loss: ``variant`` = ``kl`` (KL alignment, as in the first author's federated paper, arXiv
@@ -28,9 +32,12 @@ Choices the paper does not make (we could read only its abstract), with the opti
 - Third-party data: ``source`` = ``heldout`` (the held-out split, never trained on or evaluated; for
   class forgetting the harness removes the forgotten class) or ``noise`` (uniform random images of the
   data's shape, as many as the forget set, at least 1,000; targets are the original's outputs on them).
-- The pool a partner comes from: images of the same label for ``random``/``points`` requests (a
-  forgotten subset ends up predicted like unseen images of its own classes); the whole third-party
+  The stop rule always compares with held-out data (noise is not data of the forget set's kind); without
+  held-out data there is nothing to compare with, and the run goes to the epoch limit.
+- The pool a training partner comes from: images of the same label for ``random``/``points`` requests
+  (a forgotten subset ends up predicted like unseen images of its own classes); the whole third-party
   set for ``class`` and ``backdoor`` requests (their labels carry the very thing to forget) and noise.
+  (The stop rule's comparison set is a different thing: for a class it is unseen images *of* the class.)
 - The pairing, ``pairing``: ``quantile`` (default: per label, the forget examples ranked by the
   original's log-probability of their label get the pool examples at evenly spaced quantiles of the
   same score, in the same order, fixed for the run: the targets are a stratified sample of the
@@ -43,24 +50,30 @@ Choices the paper does not make (we could read only its abstract), with the opti
   (default onecycle: warm-up, then decay; an early stop cuts it; a constant lr from the first step
   jolts the converged original); the recipe's optimizer, momentum, weight decay, batch
   size (forget and retain batches both) and augmentation.
-- Epoch = one pass over the forget set, repeated up to 1,000 samples when it is smaller (so one
-  point, or 100, still gets enough steps between two tests); paired retain batches come from an
-  endless shuffled stream; limit ``epochs``; the harness's budget caps it further.
-- Stop rule: the membership test above, once per epoch; ``tol`` its tolerance. One-sided: an AUC
-  below 0.5 means forget outputs already look *less* member-like than third-party outputs, and more
-  alignment cannot undo that, so it stops too (the last AUC is reported as ``membership_auc``). For a
-  forgotten class the test rarely passes (the class's probability on its own images stays a little
-  above its probability on other images even at 0% accuracy), so class requests usually run to the
-  epoch limit.
+- Epoch = one pass over the forget set, repeated up to 2,000 samples when it is smaller (so one
+  point, or 100, still gets enough steps between two tests, and one test of at most 384 forward passes
+  costs at most 384 / 8,000 = 4.8% of the epoch's example passes: 2,000 forget and 2,000 retain
+  samples, forward and backward); paired retain batches come from an endless shuffled stream; limit
+  ``epochs`` (10: the same 20,000 forget samples as the 20 epochs of 1,000 before this rule); the
+  harness's budget caps it further.
+- Stop rule (``methods/_membership.py``): tested after each epoch but the last, never before the first
+  (on ``digits`` the original's forget set cannot be told from 150 held-out images by any test, so a rule
+  allowed to stop at once would return the original unchanged); ``z`` its tolerance in null standard
+  deviations (3: a retrained model fails about 0.3% of tests); probe sizes ``probe_forget`` and
+  ``probe_unseen``. The rule on the returned model is evaluated after timing (``report()``, free).
 - Adversarial variant: discriminator input ``disc_input`` = ``label_sorted`` (the probability of the
   forget label, then the softmax sorted in decreasing order; the third-party partner is scored with its
   forget example's label) or ``sorted`` (the sorted softmax alone, which cannot see class forgetting:
   a confident wrong class looks like a confident right one); an MLP with one hidden layer of
   ``disc_hidden`` ReLU units, Adam at ``disc_lr``, pre-trained for ``disc_warmup`` steps on the
-  original's outputs before the model moves; the model's loss is the non-saturating GAN loss.
+  original's outputs before the model moves; the model's loss is the non-saturating GAN loss. Its
+  discriminator AUC is reported (``disc_auc``), not used to stop.
 
-Reported (``request.info``): ``epochs`` run, ``stopped_early`` (1/0), ``membership_auc`` (the test's last
-value; for ``adversarial`` also ``disc_auc``), ``initial_auc``.
+Reported (``request.info``): ``epochs`` and ``steps`` run; ``rule_fired`` (1 if the stop rule ended the
+run before the epoch limit, 0 if it ran to the limit); the last in-run test (``rule_pass``, ``rule_auc``,
+``rule_tol_auc``, ``rule_tail``, ``rule_tol_tail``, ``rule_forget_rate``, ``rule_unseen_rate``); the
+probe's cost (``probe_tests``, ``probe_passes``, ``probe_seconds``, ``probe_pass_frac`` of all the
+call's example passes). After timing (``report()``): the rule on the returned model (``final_rule_*``).
 """
 
 from __future__ import annotations
@@ -74,14 +87,17 @@ import torch.nn.functional as F
 
 from unlearnbench.datasets import TensorData
 
-from ._membership import Probe, auc_of, indistinguishable, match_labels, match_third_party, quantile_partners
-from .base import Method, MethodError, UnlearnRequest, log_range, param, register
+from ._membership import Probe, auc_of, match_labels, match_third_party, quantile_partners
+from .base import Method, MethodError, UnlearnRequest, int_range, linear_range, log_range, param, register
+from .cost import count_work
 from .training import cycle, fit, forward, predict
 
-MIN_EPOCH = 1000  # forget samples per epoch at least: a smaller forget set is repeated within an epoch
+MIN_EPOCH = 2000  # forget samples per epoch at least: a smaller forget set is repeated within an epoch
+PAPER = ("Chen Kongyang, Huang Yao, Li Zhipeng et al., \"Fast yet versatile machine unlearning for deep neural "
+         "networks\", Neural Networks 190:107648, 2025")
 
 
-@register("distribution_ft", tags=("needs_heldout",),
+@register("distribution_ft", tags=("needs_heldout",), paper=PAPER,
           summary="fine-tune until forget-set predictions are distributed like predictions on unseen "
                   "third-party data (Chen et al. 2025)")
 @dataclass(frozen=True)
@@ -93,22 +109,40 @@ class DistributionFT(Method):
     pairing: str = param("quantile", "target of each forget example: quantile (a fixed partner by rank at evenly "
                          "spaced quantiles), fixed (a fixed random partner) or random (fresh each step); "
                          "partners share the label on random/points requests", choices=("quantile", "fixed", "random"))
-    epochs: float = param(20.0, "epoch limit, in passes over the forget set (repeated up to 1,000 samples)",
-                          search=log_range(2.0, 60.0))
+    epochs: float = param(10.0, "epoch limit, in passes over the forget set (repeated up to 2,000 samples)",
+                          search=log_range(1.0, 30.0))
     lr_scale: float = param(0.3, "peak learning rate as a multiple of the recipe's peak lr",
                             search=log_range(0.03, 3.0))
     schedule: str = param("onecycle", "lr schedule over the epoch limit (warm-up then decay; an early stop cuts it)",
                           choices=("onecycle", "constant", "cosine", "linear"))
     retain_weight: float = param(1.0, "lambda: weight of the retain-set cross-entropy", search=log_range(0.1, 10.0))
-    tol: float = param(0.03, "stop when the membership AUC (forget vs third-party) is <= 0.5 + tol",
-                       search=log_range(0.005, 0.1))
+    z: float = param(3.0, "stop rule: tolerance of each statistic in standard deviations of its spread between "
+                     "two unseen samples", search=linear_range(1.5, 4.0))
+    probe_forget: int = param(128, "stop rule: forget images per test (a seeded sample, fixed for the run)",
+                              search=int_range(32, 1024, log=True))
+    probe_unseen: int = param(256, "stop rule: unseen (held-out) images per test", search=int_range(64, 2048, log=True))
     disc_input: str = param("label_sorted", "adversarial: discriminator input, label_sorted ([p_label, sorted "
                             "softmax]) or sorted (sorted softmax)", choices=("label_sorted", "sorted"))
     disc_hidden: int = param(64, "adversarial: hidden ReLU units of the discriminator")
     disc_lr: float = param(1e-3, "adversarial: Adam learning rate of the discriminator")
     disc_warmup: int = param(200, "adversarial: discriminator steps on the original's outputs before the model moves")
 
+    def _probe(self, request: UnlearnRequest) -> Probe | None:
+        if request.heldout is None or len(request.heldout) == 0:
+            return None
+        return Probe.for_request(request, max_forget=self.probe_forget, max_unseen=self.probe_unseen,
+                                 max_utility=0, z=self.z)
+
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
+        if self.probe_forget < 1 or self.probe_unseen < 2 or self.z <= 0:
+            raise MethodError("distribution_ft needs probe_forget >= 1, probe_unseen >= 2 and z > 0")
+        with count_work() as total:
+            model, probe = self._unlearn(request)
+        if probe is not None:
+            request.info.update(probe.cost_info(total.passes))
+        return model
+
+    def _unlearn(self, request: UnlearnRequest) -> tuple[nn.Module, Probe | None]:
         model = request.model
         forget = request.forget
         noise = self.source == "noise"
@@ -119,20 +153,14 @@ class DistributionFT(Method):
         device = request.device
         labels = match_labels(request.kind, third, noise)
         eval_bs = request.recipe.eval_batch_size
-        probe = Probe.build(forget, third, labels, request.generator(3), batch_size=eval_bs)
+        probe = self._probe(request)
         third_logp = torch.log_softmax(predict(model, third, eval_bs).double(), dim=1)  # f0 on the third party
         targets = third_logp.exp().float()
         if self.pairing == "quantile":
             forget_logp = torch.log_softmax(predict(model, forget, eval_bs).double(), dim=1)
             partner = quantile_partners(forget_logp, forget.y, third_logp, labels)
-        else:  # "fixed"; "random" uses it only for the adversarial variant's test
+        else:  # "fixed"; "random" uses it only for the adversarial variant's discriminator AUC
             partner = match_third_party(forget.y, labels, len(third), request.generator(2))
-
-        first = probe.test(model)
-        request.info.update(initial_auc=first.auc, membership_auc=first.auc, epochs=0.0, stopped_early=0.0)
-        if indistinguishable(first.auc, self.tol):
-            request.info["stopped_early"] = 1.0
-            return model
 
         recipe = dataclasses.replace(request.recipe, lr=request.recipe.lr * self.lr_scale, schedule=self.schedule)
         retain_stream = cycle(request.retain, recipe.batch_size, request.generator(4), augment=recipe.augment)
@@ -151,16 +179,12 @@ class DistributionFT(Method):
             out = forward(m, torch.cat([xf, xr]))
             return out[: xf.shape[0]], out[xf.shape[0]:], yr
 
-        state = {"auc": first.auc, "disc_auc": float("nan")}
+        disc = None
         if self.variant == "kl":
             def loss_fn(m: nn.Module, xf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
                 out_f, out_r, yr = split_forward(m, xf)
                 kl = F.kl_div(torch.log_softmax(out_f.float(), dim=1), step_targets(idx), reduction="batchmean")
                 return kl + self.retain_weight * F.cross_entropy(out_r, yr, label_smoothing=smoothing)
-
-            def test(epoch: int) -> bool:
-                state["auc"] = probe.test(model).auc
-                return indistinguishable(state["auc"], self.tol)
         else:
             disc = Discriminator(request.num_classes + (self.disc_input == "label_sorted"), self.disc_hidden).to(device)
             disc_opt = torch.optim.Adam(disc.parameters(), lr=self.disc_lr)
@@ -180,14 +204,12 @@ class DistributionFT(Method):
                 fool = F.binary_cross_entropy_with_logits(disc(f_feat), torch.zeros_like(f_feat[:, 0]))
                 return fool + self.retain_weight * F.cross_entropy(out_r, yr, label_smoothing=smoothing)
 
-            def test(epoch: int) -> bool:
-                with torch.no_grad():
-                    p_f = torch.softmax(predict(model, forget, eval_bs), dim=1)
-                    d_f = disc(feat(p_f, forget.y)).double()
-                    d_t = disc(feat(targets[partner], forget.y)).double()
-                state["disc_auc"] = auc_of(d_f, d_t)
-                state["auc"] = probe.test(model).auc
-                return indistinguishable(state["disc_auc"], self.tol)
+        def test(epoch: int) -> bool:
+            if probe is None:
+                return False
+            res = probe.test(model)
+            request.info.update(res.info("rule_"))
+            return res.passed
 
         # one epoch = one pass over the forget set, repeated up to MIN_EPOCH samples when it is smaller
         # (labels carry the forget index, which selects each example's target)
@@ -195,13 +217,22 @@ class DistributionFT(Method):
         data = TensorData(forget.x[order], order, forget.augment)
         stats = fit(model, data, recipe, seed=request.seed, epochs=self.epochs, loss_fn=loss_fn,
                     budget=request.budget, on_epoch_end=test, generator=request.generator(1))
-        if not stats.stopped_early:  # the last epoch was not tested inside fit
-            test(-1)
-        request.info.update(epochs=float(stats.epochs_run), stopped_early=float(stats.stopped_early),
-                            membership_auc=state["auc"])
-        if self.variant == "adversarial":
-            request.info["disc_auc"] = state["disc_auc"]
-        return model
+        request.info.update(epochs=float(stats.epochs_run), steps=float(stats.steps),
+                            rule_fired=float(stats.stopped_early))
+        if disc is not None:
+            with torch.no_grad():
+                p_f = torch.softmax(predict(model, forget, eval_bs), dim=1)
+                d_f = disc(feat(p_f, forget.y)).double()
+                d_t = disc(feat(targets[partner], forget.y)).double()
+            request.info["disc_auc"] = auc_of(d_f, d_t)
+        return model, probe
+
+    def report(self, model: nn.Module, request: UnlearnRequest) -> dict[str, float]:
+        """The stop rule on the returned model (after timing: not counted as the method's work)."""
+        probe = self._probe(request)
+        if probe is None:
+            return {}
+        return probe.test(model).info("final_rule_")
 
 
 class Discriminator(nn.Module):

@@ -1,4 +1,4 @@
-"""PRUNE: unlearning as certified patching of the model's ReLU head.
+"""PRUNE: unlearning as certified patching of a ReLU MLP (the model's head, or a whole MLP in input space).
 
 Paper: Li, Wang, Yuan, Zhang et al., "PRUNE: A Patching Based Repair Framework for Certifiable Unlearning of
 Neural Networks", arXiv 2505.06520 (2025); journal version Neural Networks 201:108897 (2026). Its released
@@ -6,22 +6,42 @@ code builds on REASSURE: Fu & Li, "Sound and Complete Neural Network Repair with
 Guarantees", ICLR 2022.
 
 Algorithm (the trained weights are never changed; patches are extra modules):
-1. For a point x to forget, ``z = features(x)``; its linear region is where the head's hidden units keep
-   z's on/off pattern: ``R = {z' : s_j a_j(z') >= 0}`` intersected with the feature box ``[lo, hi]``. The
-   ``a_j`` (pre-activations) and the head's local affine form ``f = F1 z + F2`` come from batched autograd
-   (``vmap(jacrev)``).
+1. For a point x to forget, ``z = phi(x)`` (``space``: ``head`` = penultimate features, the head is patched;
+   ``input`` = the normalised, flattened image, the whole MLP is patched); its linear region is where the
+   patched MLP's hidden units keep z's on/off pattern: ``R = {z' : s_j a_j(z') >= 0}`` intersected with the
+   box ``[lo, hi]``. The ``a_j`` (pre-activations) and the local affine form ``f = F1 z + F2`` come from
+   batched autograd (``vmap(jacrev)``).
 2. Spec: target ``t != y``; ``P f <= -epsilon`` with rows ``e_j - e_t`` (logit t beats every other one by
    epsilon on the whole region).
 3. Affine patch ``p`` from LPs over R (scipy ``linprog``, HiGHS): ``minimal`` (min ``||p||_inf`` on R s.t.
    the spec) or ``reassure`` (REASSURE's shift in the coordinates of P).
-4. Support network ``g`` (1 on R, ``sharpness gamma``), gated patch
+4. Support network ``g`` (1 on R, sharpness ``gamma``), gated patch
    ``h = ReLU(p + K g - K) - ReLU(-p + K g - K)`` with ``K >= |p|`` on the box; patched model
    ``f + sum_k h_k`` (:class:`~unlearnbench.methods._prune_model.PatchedModel`).
-5. Many points / a class: KMeans over the head inputs of the points still predicted with their label; the
-   real point nearest each centroid is the cluster's representative; one patch per cluster (target drawn
-   for that cluster) whose support is the max over the supports of every member's region; repeat on the
-   points still correct. (The released code sent every cluster to the first cluster's target: a bug, not
-   reproduced — each cluster draws its own.)
+5. Many points: KMeans over the points still predicted with their label; the real point nearest each
+   centroid is the cluster's representative; one patch per cluster (target drawn for that cluster) whose
+   support is the max over the supports of every member's region; repeat on the points still correct. (The
+   released code sent every cluster to the first cluster's target: a bug, not reproduced -- each cluster
+   draws its own.) Class requests are not clustered (below).
+
+What a patch changes. A patch is constant over a whole linear region, so every input in a patched region
+-- a retain, held-out or test point sharing a forget point's activation pattern -- gets the new prediction
+too (with sharp supports that is still a handful: 7, 2 and 2 of 1,787 inputs over three digits seeds), and a
+soft support reaches neighbouring regions as well. ``report()`` counts the retain, held-out and test points
+whose prediction the patches changed (after timing, so ``unlearn`` never sees test data).
+
+Reach, ``reach`` (a named choice; the paper's two claims need both):
+- ``local``: sharp supports, ``gamma`` (1e4, per pre-activation unit): a patch acts on its own regions only
+  and the certified set C(x) below is nearly all of R. It forgets exactly the patched training points: a
+  class patched this way left the class's unseen test images at 0.91-0.94 accuracy.
+- ``generalising``: support sharpness from the scale of the patched layer's pre-activations,
+  ``gamma = gamma_scale / median |a_j(z)|`` (median over every hidden unit of the patched MLP and every
+  retain and forget point; ``gamma_scale`` 1): a support falls from 1 to 0 over about one typical
+  pre-activation beyond its region's boundary, so patches reach the unseen images near the forgotten points.
+  Fewer points are certified (the band 1/gamma is as wide as a typical pre-activation) and more unrelated
+  predictions change; both are reported.
+- ``auto`` (default): ``generalising`` for ``class`` requests (class-level unlearning is about the class,
+  seen or not), ``local`` for every other request (certified forgetting of the requested points).
 
 Certificate (:func:`verify_certificate`): for a forget point x with region R and pattern s, the patched model
 predicts ``t`` (its prediction at x, required != y) with margin ``epsilon/2`` on
@@ -36,38 +56,59 @@ contribution. C(x) is R minus a band of width ``1/gamma`` (pre-activation units)
 ``x in C(x)`` always. LP answers carry HiGHS's tolerances (1e-7), far below the margin.
 
 Choices the paper does not make (option that selects each):
-- Images: patch the ReLU MLP head on frozen penultimate features (REASSURE did this for AlexNet); the box is
-  the min/max of the retain + forget features (adaptation, no option).
+- ``space``: ``head`` (default; images: the ReLU MLP head on frozen penultimate features, as REASSURE did for
+  AlexNet; the box is the min/max of the retain + forget features) or ``input`` (MLP models only, the
+  authors' own setting for their Purchase MLPs: the whole network after its normalisation, the box the valid
+  pixel range [0, 1] through the normalisation, so the certificate holds for every valid image in the region).
+  In ``input`` space the returned model's ``features`` is the normalised image (``forward == head(features)``
+  holds, the feature width is the input's).
+- Class requests, ``class_grouping``: ``points`` (default, as the authors' README says: class requests are
+  not clustered -- every forget point's linear region gets a patch of its own, so with ``local`` reach every
+  training image of the class is certified) or ``kmeans`` (as their code does: clusters and representatives,
+  as for other requests).
 - ``patch``: ``minimal`` (default; the abstract's "minimum patch") or ``reassure`` (scale-and-shift; with a
   one-sided spec its scale is 1, so it is a shift ``d`` with ``sum(d) = 0``).
-- ``lp``: ``ranges`` (default): C-1 range LPs and the closed-form optimum — the minimal patch is a constant
-  shift, proof in ``_prune_lp``; ``joint``: the single dualised LP of METHODS.md §1.4 (same optimum, returns
-  an affine ``c z + d``; HiGHS interior point, far slower: for cross-checks).
+- ``lp``: ``ranges`` (default): C-1 range LPs and the closed-form optimum -- the minimal patch is a constant
+  shift, proof in ``_prune_lp``; ``joint``: the single dualised LP of METHODS.md section 1.4 (same optimum,
+  returns an affine ``c z + d``; HiGHS interior point, far slower: for cross-checks).
 - ``epsilon`` (0.01): strict margin; the released code allows ties (epsilon = 0).
-- ``gamma`` (1e4; code 0.1): support sharpness in pre-activation units. Large values keep supports local
-  (test points are untouched) and make the certified set C(x) nearly all of R; with 0.1 the band 1/gamma = 10
-  swallows most regions and few points can be certified.
 - ``n_clusters`` (2, as the code) and ``kmeans_n_init`` (10, as the code); KMeans ``random_state`` from the
   run seed and the round.
 - Rounds: repeat until forget accuracy <= ``target_forget_acc`` (0.0) or ``max_rounds`` (5) rounds (the
   code runs a fixed 2). A budget of E epochs allows at most ceil(E) rounds (a round makes one pass over
-  the forget features).
+  the forget points).
 - ``direct_max_points`` (10): a forget set of at most this many points (``points`` requests) has every
   point's region patched directly in the first round (one patch per distinct region, its own target), so
   every point is certified; in later rounds of a larger request, once at most this many points are still
   predicted with their label, each distinct region among them is patched directly.
 - Targets: uniform among labels != the representative's label (code), drawn from ``numpy`` seeded by the run
   seed; for a directly patched region holding several points, among labels none of them has.
-- ``certify_members`` (False, as the code): when True, a cluster patch's shift covers the regions of all its
-  members (C-1 LPs per member), so every member is certified, not only the representative.
-- Support storage: a member region is stored as its sign pattern (m numbers) — the same function as
-  REASSURE's ``(A, b)`` support layer, derived from the original head's weights.
+- ``certify_members`` (True; the code: False): a cluster patch's shift covers the regions of all its members
+  (C-1 LPs per member region), so every member is certified, not only the representative -- while the
+  covering LPs stay within ``member_lp_limit`` (20,000 per call: on the digits head about 1 ms each, so about
+  20 s at most; measured cost on the seeds cells is in the published README); past it, the remaining clusters
+  are patched from their representative's region alone (``member_cover_truncated`` = 1).
+- Support storage: a member region is stored as its sign pattern (m numbers) -- the same function as
+  REASSURE's ``(A, b)`` support layer, derived from the original's weights -- so ``extra_bytes`` (what a
+  deployment of this code stores: patterns, shifts, bounds, box) is about ``d + 1`` times smaller than
+  storing each region as ``(A, b)``, which ``report()`` gives as ``reassure_bytes``.
 - ``lp_workers`` (0 = one process per CPU core; 1 = in-process): LP work for many regions in parallel
   processes (in-process anyway when there are fewer than 8 jobs per extra worker); results do not depend on
   it.
 - ``certify_max_points`` (0 = all): ``report()`` certifies a seeded random subset of the forget set of at most
   this size (an estimate of ``certified_fraction``, ``certify_points`` says how many); certifying costs about
   one LP per uncertified point and up to C-1 per certified one.
+
+Work counted (``methods/cost.py``): a forward pass per point whose features (head space) or MLP outputs
+(input space) are computed; ``work.lp_solves``, the linear programs solved in ``unlearn``. Verification LPs
+run after timing (``certify_lp_count``).
+
+Reported (``request.info``): ``generalising`` (1/0), ``gamma_used``, ``preact_median``, ``input_space`` (1/0),
+``rounds``, ``patches``, ``support_regions``, ``lp_count``, ``lp_seconds``, ``lp_failures``, ``member_lps``,
+``member_cover_truncated``, ``patch_linf_mean``, ``forget_acc_after``. After timing (``report()``):
+``certified_fraction`` (``certify_points``, ``certify_seconds``, ``certify_lp_count``); ``flips_retain``,
+``flips_heldout``, ``flips_test`` (class requests also split into ``*_forgotten_class`` and ``*_other``: test
+or held-out images of the forgotten class vs of the other classes); ``patch_bytes`` and ``reassure_bytes``.
 """
 
 from __future__ import annotations
@@ -85,11 +126,16 @@ import torch.nn as nn
 from unlearnbench.datasets import TensorData
 
 from . import _prune_lp as lp
-from ._prune_model import (Patch, PatchedModel, hidden_sizes, linearise, pattern_of, pre_activations,
-                           region_constraints, relu_mlp_layers)
-from .base import Method, MethodError, UnlearnRequest, int_range, log_range, param, register
-from .models import ModelError
-from .training import predict_features
+from ._prune_model import (SPACES, Patch, PatchedModel, hidden_sizes, input_box, linearise, pattern_of,
+                           patched_layers, pre_activations, region_constraints, space_features)
+from .base import Method, MethodError, UnlearnRequest, categorical, int_range, log_range, param, register
+from .cost import add_passes, add_work
+from .models import ModelError, state_bytes
+from .training import _batched_eval, eval_mode, predict, predict_features
+
+PAPER = ("Li, Wang, Yuan, Zhang et al., \"PRUNE: A Patching Based Repair Framework for Certifiable Unlearning of "
+         "Neural Networks\", arXiv 2505.06520, 2025; Neural Networks 201:108897, 2026")
+REACHES = ("auto", "local", "generalising")
 
 __all__ = ["Prune", "PatchedModel", "verify_certificate"]
 
@@ -97,14 +143,21 @@ __all__ = ["Prune", "PatchedModel", "verify_certificate"]
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _features(model: nn.Module, points: TensorData | torch.Tensor) -> torch.Tensor:
-    return predict_features(model, points).float()
+def _features(model: nn.Module, points: TensorData | torch.Tensor, space: str = "head") -> torch.Tensor:
+    """The points the patched MLP sees (``space``; a PatchedModel knows its own): float32, one counted forward
+    pass per point (the features pass in head space; in input space the MLP itself is run on them)."""
+    if isinstance(model, PatchedModel) or space == "head":
+        return predict_features(model, points).float()
+    x = points.x if isinstance(points, TensorData) else points
+    add_passes(fwd=x.shape[0])
+    with torch.no_grad(), eval_mode(model):
+        return _batched_eval(lambda xb: space_features(model, xb, space), x, 1024).float()
 
 
-def _lin64(model: PatchedModel | nn.Module) -> list[nn.Linear]:
-    """Float64 copies of the original head's Linear layers."""
-    base = model.original if isinstance(model, PatchedModel) else model
-    return [copy.deepcopy(m).double().requires_grad_(False) for m in relu_mlp_layers(base)]
+def _lin64(model: PatchedModel | nn.Module, space: str = "head") -> list[nn.Linear]:
+    """Float64 copies of the patched MLP's Linear layers."""
+    layers = model.head.linears() if isinstance(model, PatchedModel) else patched_layers(model, space)
+    return [copy.deepcopy(m).double().requires_grad_(False) for m in layers]
 
 
 def _mismatch(pat: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
@@ -230,8 +283,9 @@ def verify_certificate(model: PatchedModel, points: TensorData | torch.Tensor, l
 # ---------------------------------------------------------------------------------------------- method
 
 
-@register("prune", tags=("needs_relu_head",),
-          summary="PRUNE: certified REASSURE-style patches on the ReLU head (original weights untouched)")
+@register("prune", tags=("needs_relu_head",), paper=PAPER,
+          summary="PRUNE: certified REASSURE-style patches on a ReLU MLP (the head, or an MLP in input space); "
+                  "original weights untouched")
 @dataclass(frozen=True)
 class Prune(Method):
     patch: str = param("minimal", "patch LP: minimal ||p||_inf on the region, or REASSURE's shift",
@@ -240,15 +294,27 @@ class Prune(Method):
                     choices=("ranges", "joint"))
     epsilon: float = param(0.01, "strict spec margin: logit_t >= logit_j + epsilon on the region (code: 0)",
                            search=log_range(1e-3, 1.0))
-    gamma: float = param(1e4, "support sharpness per pre-activation unit (code 0.1; large = local)",
+    reach: str = param("auto", "support reach: local (sharp, gamma), generalising (gamma_scale / median "
+                       "|pre-activation|), auto (generalising for class requests, else local)", choices=REACHES,
+                       search=categorical(*REACHES))
+    gamma: float = param(1e4, "local reach: support sharpness per pre-activation unit (code 0.1)",
                          search=log_range(1.0, 1e5))
+    gamma_scale: float = param(1.0, "generalising reach: sharpness = gamma_scale / median |pre-activation|",
+                               search=log_range(0.1, 10.0))
+    space: str = param("head", "patch the head on frozen features, or (MLP models) the whole MLP in input space",
+                       choices=SPACES)
+    class_grouping: str = param("points", "class requests: points (every region its own patch, the authors' "
+                                "README) or kmeans (clusters, as their code)", choices=("points", "kmeans"))
     n_clusters: int = param(2, "KMeans clusters (one representative and patch each) per round (code: 2)",
                            search=int_range(1, 8))
     kmeans_n_init: int = param(10, "KMeans restarts (code: 10)")
     direct_max_points: int = param(10, "at most this many points left: patch each region directly")
     target_forget_acc: float = param(0.0, "stop when forget accuracy (prediction == label) is at most this")
     max_rounds: int = param(5, "round limit (code: a fixed 2)", search=int_range(1, 10))
-    certify_members: bool = param(False, "cluster patch covers every member's region (C-1 LPs per member)")
+    certify_members: bool = param(True, "cluster patch covers every member's region (C-1 LPs per member; code: "
+                                  "False)")
+    member_lp_limit: int = param(20000, "certify_members: at most this many covering LPs per call, then "
+                                 "representatives only")
     lp_workers: int = param(0, "processes for LP work: 0 = one per CPU core, 1 = in-process")
     certify_max_points: int = param(0, "report(): certify a seeded random subset of this many forget points (0 = all)")
 
@@ -257,39 +323,64 @@ class Prune(Method):
         if reason:
             return reason
         try:
-            relu_mlp_layers(model)
+            patched_layers(model, self.space)
         except ModelError as exc:
-            return f"{self.name} needs a ReLU MLP head: {exc}"
+            return f"{self.name} (space={self.space}) cannot patch this model: {exc}"
         return None
 
     def _check(self) -> None:
-        if self.epsilon < 0 or self.gamma <= 0:
-            raise MethodError(f"prune: epsilon must be >= 0 and gamma > 0 (got {self.epsilon}, {self.gamma})")
+        if self.epsilon < 0 or self.gamma <= 0 or self.gamma_scale <= 0:
+            raise MethodError(f"prune: epsilon must be >= 0, gamma and gamma_scale > 0 (got {self.epsilon}, "
+                              f"{self.gamma}, {self.gamma_scale})")
+        if self.member_lp_limit < 0:
+            raise MethodError(f"prune: member_lp_limit must be >= 0 (got {self.member_lp_limit})")
         if self.n_clusters < 1 or self.max_rounds < 1 or self.kmeans_n_init < 1:
             raise MethodError("prune: n_clusters, max_rounds and kmeans_n_init must be >= 1")
         if self.certify_members and self.lp != "ranges":
             raise MethodError("prune: certify_members needs lp = 'ranges' (the joint LP covers one region)")
         lp.resolve_workers(self.lp_workers)
 
+    def resolved_reach(self, kind: str) -> str:
+        """``local`` or ``generalising`` for a request kind (``auto``: generalising for class requests)."""
+        if self.reach != "auto":
+            return self.reach
+        return "generalising" if kind == "class" else "local"
+
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         self._check()
         model = request.model
         model.eval()
-        zf = _features(model, request.forget)
-        zr = _features(model, request.retain)
+        space = self.space
+        lin64 = _lin64(model, space)
+        zf = _features(model, request.forget, space)
+        zr = _features(model, request.retain, space)
         zall = torch.cat([zr, zf]) if len(zr) else zf
-        lo, hi = zall.min(0).values, zall.max(0).values
-        patched = PatchedModel(model, lo, hi, self.gamma, self.epsilon)
+        if space == "head":
+            lo, hi = zall.min(0).values, zall.max(0).values
+        else:
+            lo, hi = (t.to(zf.device) for t in input_box(model, tuple(request.forget.x.shape[1:])))
+        reach = self.resolved_reach(request.kind)
+        preact_median = float("nan")
+        gamma = self.gamma
+        if reach == "generalising":
+            with torch.no_grad():
+                pre_all = torch.cat([pre_activations(zall[i:i + 8192].double(), lin64).abs().float()
+                                     for i in range(0, len(zall), 8192)])
+            preact_median = float(pre_all.median())
+            del pre_all
+            gamma = self.gamma_scale / max(preact_median, 1e-12)
+        patched = PatchedModel(model, lo, hi, gamma, self.epsilon, space)
         head = patched.head
-        lin64 = _lin64(model)
         yf = request.forget.y
         N = len(yf)
         z64 = zf.double()
         pat64 = pattern_of(pre_activations(z64, lin64))
         rng = np.random.default_rng(request.seed)
         rounds_cap = max(1, math.ceil(request.budget.epochs(self.max_rounds)))
-        stats = {"lp_count": 0, "lp_seconds": 0.0, "lp_failures": 0, "rounds": 0}
+        stats = {"lp_count": 0, "lp_seconds": 0.0, "lp_failures": 0, "rounds": 0, "member_lps": 0,
+                 "member_cover_truncated": 0}
         lo_np, hi_np = lo.double().cpu().numpy(), hi.double().cpu().numpy()
+        unclustered = request.kind == "class" and self.class_grouping == "points"
         for r in range(rounds_cap):
             still = self._still_correct(head, zf, yf)
             if N == 0 or len(still) / N <= self.target_forget_acc or len(still) == 0:
@@ -299,17 +390,23 @@ class Prune(Method):
                 # a small request (e.g. ``points``): every point's region gets its own patch, so every point is
                 # certified -- also those a neighbour's patch would happen to flip without a certificate
                 groups = self._direct_groups(torch.arange(N), pat64, yf, rng, request.num_classes)
-            elif len(still) <= self.direct_max_points:
+            elif unclustered or len(still) <= self.direct_max_points:
+                # class requests are not clustered (the authors' README): every region still predicted
+                # with its label gets a patch of its own
                 groups = self._direct_groups(still, pat64, yf, rng, request.num_classes)
             else:
                 groups = self._clusters(still, zf, yf, rng, request.num_classes, request.seed, r)
             self._patch_groups(groups, head, z64, pat64, lin64, lo_np, hi_np, stats)
         still = self._still_correct(head, zf, yf)
+        add_work("lp_solves", stats["lp_count"])
         request.info.update({
+            "generalising": float(reach == "generalising"), "gamma_used": float(gamma),
+            "preact_median": preact_median, "input_space": float(space == "input"),
             "rounds": float(stats["rounds"]), "patches": float(len(head.patches)),
             "support_regions": float(sum(len(p.patterns) for p in head.patches)),
             "lp_count": float(stats["lp_count"]), "lp_seconds": float(stats["lp_seconds"]),
-            "lp_failures": float(stats["lp_failures"]),
+            "lp_failures": float(stats["lp_failures"]), "member_lps": float(stats["member_lps"]),
+            "member_cover_truncated": float(stats["member_cover_truncated"]),
             "patch_linf_mean": float(np.mean([float(p.d.abs().max()) for p in head.patches])) if len(head.patches)
             else 0.0,
             "forget_acc_after": float(len(still) / N) if N else float("nan"),
@@ -391,10 +488,13 @@ class Prune(Method):
             d = torch.as_tensor(res["d"], dtype=torch.float64)
             c = torch.as_tensor(res["c"], dtype=torch.float64) if res["c"] is not None else None
             if self.certify_members and len(g["members"]) > 1:
-                d = self._cover_members(g, head, z64, pat64, lin64, lo_np, hi_np, res["r"], stats)
-                if d is None:
-                    stats["lp_failures"] += 1
-                    continue
+                if stats["member_lps"] >= self.member_lp_limit:
+                    stats["member_cover_truncated"] = 1
+                else:
+                    d = self._cover_members(g, head, z64, pat64, lin64, lo_np, hi_np, res["r"], stats)
+                    if d is None:
+                        stats["lp_failures"] += 1
+                        continue
             members = torch.unique(pat64[torch.tensor(g["members"])], dim=0)
             device = head.lo.device
             lo_t, hi_t = head.lo.double(), head.hi.double()
@@ -419,6 +519,7 @@ class Prune(Method):
                              "F2": F2, "t": g["target"], "eps": self.epsilon, "form": self.patch, "lp": "ranges"})
             for res in lp.run_jobs(lp.patch_job, jobs, self.lp_workers):
                 stats["lp_count"] += res["lps"]
+                stats["member_lps"] += res["lps"]
                 stats["lp_seconds"] += res["seconds"]
                 if not res["ok"]:
                     return None
@@ -427,6 +528,8 @@ class Prune(Method):
 
     # -- after timing
     def report(self, model: nn.Module, request: UnlearnRequest) -> dict[str, float]:
+        """After timing: the certified fraction, the points whose prediction the patches changed (retain; with
+        ``request.evaluation``, held-out and test), and what the patches take to store."""
         if not isinstance(model, PatchedModel):
             return {}
         t0 = time.perf_counter()
@@ -434,9 +537,47 @@ class Prune(Method):
         if 0 < self.certify_max_points < len(forget):
             gen = torch.Generator().manual_seed(int(request.seed))
             idx = torch.randperm(len(forget), generator=gen)[:self.certify_max_points].sort().values
-            forget = forget.subset(idx)
+            forget = forget.subset(idx.to(forget.device))
         det: dict = {}
         ok = verify_certificate(model, forget, forget.y, workers=self.lp_workers, details=det)
         frac = float(ok.float().mean()) if len(ok) else float("nan")
-        return {"certified_fraction": frac, "certify_points": float(len(ok)),
-                "certify_seconds": time.perf_counter() - t0, "certify_lp_count": float(det.get("lp_count", 0))}
+        out = {"certified_fraction": frac, "certify_points": float(len(ok)),
+               "certify_seconds": time.perf_counter() - t0, "certify_lp_count": float(det.get("lp_count", 0))}
+        out.update(flip_counts(model, request))
+        out.update(storage(model))
+        return out
+
+
+def flip_counts(model: PatchedModel, request: UnlearnRequest) -> dict[str, float]:
+    """Points whose prediction the patches changed (patched vs original model): the retain set, and with
+    ``request.evaluation`` the whole held-out and test splits; for class requests also split into images of
+    the forgotten class and of the others."""
+    parts = {"retain": request.retain}
+    after = request.evaluation
+    if after is not None:
+        parts.update({k: v for k, v in (("heldout", after.heldout), ("test", after.test)) if v is not None})
+    out: dict[str, float] = {}
+    bs = request.recipe.eval_batch_size
+    for name, data in parts.items():
+        if len(data) == 0:
+            continue
+        changed = predict(model, data, bs).argmax(1) != predict(model.original, data, bs).argmax(1)
+        out[f"flips_{name}"] = float(changed.sum())
+        if request.forget_class is not None and name != "retain":
+            in_c = data.y == int(request.forget_class)
+            out[f"flips_{name}_forgotten_class"] = float((changed & in_c).sum())
+            out[f"flips_{name}_other"] = float((changed & ~in_c).sum())
+    return out
+
+
+def storage(model: PatchedModel) -> dict[str, float]:
+    """``patch_bytes``: what this code stores beyond the original (sign patterns, shifts, bounds, box: the
+    harness's ``extra_bytes``); ``reassure_bytes``: the same patches with every support region stored as
+    REASSURE's ``(A, b)`` (m x (d + 1) numbers per region, in the patterns' dtype) instead of its sign pattern."""
+    head = model.head
+    patch_bytes = state_bytes(model) - state_bytes(model.original)
+    d = int(head.lo.numel())
+    pattern_bytes = sum(p.patterns.numel() * p.patterns.element_size() for p in head.patches)
+    ab_bytes = sum(p.patterns.shape[0] * p.patterns.shape[1] * (d + 1) * p.patterns.element_size()
+                   for p in head.patches)
+    return {"patch_bytes": float(patch_bytes), "reassure_bytes": float(patch_bytes - pattern_bytes + ab_bytes)}

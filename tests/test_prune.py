@@ -1,11 +1,16 @@
 """PRUNE: patches are local (bit-identical outputs outside their supports), survive a state_dict round trip,
-certify every point of a ``points`` request, are caught by the verifier when tampered with, give each
-cluster its own target, and leave test accuracy alone on small requests. Also the LP layer: the closed-form
-minimal patch equals the dualised joint LP's optimum, and LP results do not depend on the worker count."""
+certify every point of a ``points`` request (local reach), are caught by the verifier when tampered with, give
+each cluster its own target, cover every cluster member by default, and leave test accuracy alone on small
+requests. Reach as a choice: local supports certify a class's training images and leave its test images
+recognised; generalising supports (gamma from the pre-activation scale) forget the class on test images too
+(<= 0.3 on the seeds suite's digits class cells), with flip counts and storage reported. Input-space patching
+of MLPs. Also the LP layer: the closed-form minimal patch equals the dualised joint LP's optimum, and LP results
+do not depend on the worker count."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 
 import numpy as np
@@ -16,6 +21,9 @@ from unlearnbench.benchmarks.harness import seed_everything
 from unlearnbench.methods import accuracy, create_method
 from unlearnbench.methods import _prune_lp as plp
 from unlearnbench.methods._prune_model import PatchedModel, linearise, pattern_of, pre_activations, relu_mlp_layers
+from unlearnbench.methods.base import ReportData
+from unlearnbench.methods.cost import count_work
+from unlearnbench.methods.models import state_bytes
 from unlearnbench.methods.prune import verify_certificate
 from unlearnbench.methods.training import predict
 
@@ -155,7 +163,8 @@ def test_deep_head_certified_and_local(cache_dir):
 
 def test_cluster_targets_are_per_cluster(cache_dir):
     ctx, cd, original = _cell(cache_dir, {"kind": "class", "class": 3})
-    _, req, out = _unlearn(cd, original, n_clusters=4, max_rounds=1, direct_max_points=1)
+    _, req, out = _unlearn(cd, original, n_clusters=4, max_rounds=1, direct_max_points=1, class_grouping="kmeans",
+                           certify_members=False, reach="local")
     targets = [int(p.target) for p in out.patches]
     assert len(targets) == 4 and all(t != 3 for t in targets)
     assert len(set(targets)) > 1, f"every cluster got the same target {targets}"
@@ -165,16 +174,167 @@ def test_cluster_targets_are_per_cluster(cache_dir):
 
 def test_random_one_percent(cache_dir):
     ctx, cd, original = _cell(cache_dir, {"kind": "random", "fraction": 0.01})
-    method, req, out = _unlearn(cd, original)
+    method, req, out = _unlearn(cd, original, certify_members=False)
     assert accuracy(out, cd.forget) <= method.target_forget_acc + 1e-9
     drop = accuracy(original, cd.test) - accuracy(out, cd.test)
     assert drop <= 0.01, f"test accuracy dropped by {100 * drop:.2f} points"
     assert len(cd.forget) > method.direct_max_points  # clustered: the representatives' regions are certified
     assert 1 <= int(verify_certificate(out, cd.forget, cd.forget.y).sum()) < len(cd.forget)
-    # certify_members: each cluster's shift covers all its members' regions, so every point is certified
-    _, _, full = _unlearn(cd, original, certify_members=True)
+    # certify_members (the default): each cluster's shift covers all its members' regions, so every point is
+    # certified
+    full_method, full_req, full = _unlearn(cd, original)
+    assert full_method.certify_members and full_req.info["member_lps"] > 0
+    assert full_req.info["member_cover_truncated"] == 0.0
     assert verify_certificate(full, cd.forget, cd.forget.y).all()
     assert accuracy(original, cd.test) - accuracy(full, cd.test) <= 0.01
+    # past member_lp_limit the remaining clusters are patched from their representatives alone
+    _, cut_req, cut = _unlearn(cd, original, member_lp_limit=1)
+    assert cut_req.info["member_cover_truncated"] == 1.0
+    assert accuracy(cut, cd.forget) <= method.target_forget_acc + 1e-9
+
+
+# ----------------------------------------------------------------------------------------------- reach
+
+
+def test_reach_auto_is_generalising_for_classes_only():
+    m = create_method("prune")
+    assert m.reach == "auto" and m.resolved_reach("class") == "generalising"
+    assert {m.resolved_reach(k) for k in ("points", "random", "backdoor")} == {"local"}
+    assert create_method("prune", {"reach": "local"}).resolved_reach("class") == "local"
+
+
+def _class_report(cd, original, **opts):
+    method, req, out = _unlearn(cd, original, **opts)
+    after = dataclasses.replace(req, evaluation=ReportData(original=original, heldout=cd.heldout, test=cd.test))
+    return method, req, out, method.report(out, after)
+
+
+def test_class_request_local_vs_generalising(cache_dir):
+    """A class, not clustered (the authors' README): local supports certify every training image of the class
+    and leave its unseen test images recognised; generalising supports (gamma from the pre-activation scale)
+    forget the class on test images too, certify fewer points, and change more unrelated predictions -- all
+    counted."""
+    ctx, cd, original = _cell(cache_dir, {"kind": "class", "class": 3})
+    c = cd.split.forget_class
+    test_c = cd.test.subset(torch.nonzero(cd.test.y == c).flatten())
+    _, lreq, local, lrep = _class_report(cd, original, reach="local")
+    assert lreq.info["generalising"] == 0.0 and lreq.info["gamma_used"] == 1e4
+    assert accuracy(local, cd.forget) == 0.0 and lrep["certified_fraction"] == 1.0
+    assert accuracy(local, test_c) > 0.6, "sharp supports do not reach unseen images of the class"
+    _, greq, gen, grep = _class_report(cd, original)  # reach="auto": generalising for a class
+    scale = greq.info["preact_median"]
+    assert greq.info["generalising"] == 1.0 and greq.info["gamma_used"] == pytest.approx(1.0 / scale)
+    assert accuracy(gen, cd.forget) == 0.0
+    assert accuracy(gen, test_c) <= 0.3, "generalising supports reach the class's unseen images"
+    assert grep["certified_fraction"] < lrep["certified_fraction"]
+    for rep, model in ((lrep, local), (grep, gen)):  # flip counts are what they say
+        for name, data in (("retain", cd.retain), ("test", cd.test), ("heldout", cd.heldout)):
+            changed = predict(model, data).argmax(1) != predict(original, data).argmax(1)
+            assert rep[f"flips_{name}"] == float(changed.sum())
+        assert rep["flips_test"] == rep["flips_test_forgotten_class"] + rep["flips_test_other"]
+    assert grep["flips_test_forgotten_class"] > lrep["flips_test_forgotten_class"]
+
+
+def test_storage_counts_what_a_deployment_stores(points10):
+    cd, original, method, req, out = points10
+    rep = method.report(out, req)
+    assert rep["patch_bytes"] == state_bytes(out) - state_bytes(original) > 0  # what the harness's extra_bytes is
+    m, d = out.patches[0].patterns.shape[1], out.head.lo.numel()
+    regions = sum(len(p.patterns) for p in out.patches)
+    assert rep["reassure_bytes"] - rep["patch_bytes"] == regions * m * d * 4  # (A, b) instead of the sign pattern
+
+
+def test_lp_solves_are_counted_as_work(cache_dir):
+    ctx, cd, original = _cell(cache_dir, {"kind": "points", "count": 3})
+    with count_work() as work:
+        _, req, _ = _unlearn(cd, original)
+    assert work.other["lp_solves"] == req.info["lp_count"] > 0
+    assert work.fwd >= len(cd.forget) + len(cd.retain)  # the features pass over forget and retain
+
+
+# ------------------------------------------------------------------------------------------ input space
+
+
+@pytest.fixture(scope="module")
+def input_points10(cache_dir):
+    ctx, cd, original = _cell(cache_dir, {"kind": "points", "count": 10})
+    method, req, out = _unlearn(cd, original, space="input")
+    return cd, original, method, req, out
+
+
+def test_input_space_certified_and_local(input_points10):
+    """The authors' own setting for MLPs: the whole network patched in input space, the box the valid pixel
+    range. Every point certified; outside every support the outputs are the original's bit for bit."""
+    cd, original, method, req, out = input_points10
+    assert out.space == "input" and req.info["input_space"] == 1.0
+    assert out.head.lo.numel() == cd.forget.x[0].numel()  # regions live in the 64-pixel input space
+    assert len(relu_mlp_layers(original)) + 1 == len(out.head.linears())  # the body's Linear too
+    assert verify_certificate(out, cd.forget, cd.forget.y).all()
+    assert (predict(out, cd.forget).argmax(1) != cd.forget.y).all()
+    x = torch.cat([cd.test.floats(), cd.retain.floats()])
+    with torch.no_grad():
+        outside = out.head.supports(out.features(x)).amax(1) == 0
+        assert outside.sum() > 0.9 * len(x)
+        assert torch.equal(out(x)[outside], original(x)[outside])
+        assert torch.allclose(out(x), out.head(out.features(x)))
+    assert accuracy(original, cd.test) - accuracy(out, cd.test) <= 0.01
+
+
+def test_input_space_state_dict_round_trip(input_points10):
+    cd, original, method, req, out = input_points10
+    buf = io.BytesIO()
+    torch.save(out.state_dict(), buf)
+    buf.seek(0)
+    rebuilt = PatchedModel.from_state_dict(cd.make_model(), torch.load(buf, weights_only=True)).eval()
+    assert rebuilt.space == "input"
+    x = torch.cat([cd.test.floats(), cd.forget.floats()])
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), out(x))
+
+
+def test_input_space_needs_an_mlp(tmp_path):
+    ctx, cd, original = tiny_cell_data(tmp_path, requests=[{"kind": "points", "count": 2}], recipe=TINY_RECIPE,
+                                       dataset={"name": "synthetic", "model": "small_cnn", "recipe": "tiny",
+                                                "options": {"size": 8},
+                                                "model_options": {"channels": [4], "fc": 16, "head_hidden": [8]}})
+    reason = create_method("prune", {"space": "input"}).not_applicable("points", original)
+    assert reason and "space=input" in reason
+    assert create_method("prune").not_applicable("points", original) is None
+
+
+# -------------------------------------------------------------------------------- the seeds suite, digits
+
+
+def _seeds_digits_class(tmp_path, seeds):
+    from unlearnbench.benchmarks.harness import RunContext, run_cell
+    from unlearnbench.benchmarks.suite import load_suite
+
+    cells = load_suite("seeds").cells(methods=["prune"], datasets=["digits"], requests=["class"], seeds=seeds)
+    ctx = RunContext(results_dir=tmp_path, device=torch.device("cpu"))
+    return [run_cell(cell, ctx)[0] for cell in cells]
+
+
+def _check_generalising_class(records):
+    for rec in records:
+        v = rec.metrics
+        assert rec.status == "ok", rec.reason
+        assert v["prune.generalising"] == 1.0
+        assert v["test_acc_forgotten_class"] <= 0.3, (rec.seed, v["test_acc_forgotten_class"])
+        assert v["forget_acc"] == 0.0
+        for k in ("flips_retain", "flips_heldout", "flips_test", "flips_test_other", "flips_test_forgotten_class"):
+            assert f"prune.{k}" in v
+        assert v["extra_bytes"] == v["prune.patch_bytes"]
+
+
+def test_generalising_reach_forgets_a_digits_class_on_test_images(tmp_path):
+    """The seeds suite's digits class cell (seed 0), through the harness: forgotten-class test accuracy <= 0.3,
+    with the flipped-point counts and the patch storage reported."""
+    _check_generalising_class(_seeds_digits_class(tmp_path, [0]))
+
+
+@pytest.mark.slow
+def test_generalising_reach_forgets_a_digits_class_on_test_images_all_seeds(tmp_path):
+    _check_generalising_class(_seeds_digits_class(tmp_path, [0, 1, 2]))
 
 
 # --------------------------------------------------------------------------------------------- LPs
