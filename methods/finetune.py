@@ -34,7 +34,7 @@ from .training import fit
 class Finetune(SGDBaseline):
     lr: float = param(0.01, "learning rate (public code: 0.01)", search=log_range(1e-3, 0.5))
     epochs: float = param(10.0, "epochs over the retain set (public code: 10)",
-                          search=log_range(0.25, 10.0))
+                          search=log_range(1.0, 10.0))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         model = request.model

@@ -40,7 +40,7 @@ class L1Sparse(SGDBaseline):
     gamma: float = param(1e-4, "initial weight of the l1 penalty (decays linearly to 0)",
                          search=log_range(1e-6, 1e-3))
     lr: float = param(0.01, "learning rate", search=log_range(1e-3, 0.5))
-    epochs: float = param(10.0, "epochs over the retain set", search=log_range(0.25, 10.0))
+    epochs: float = param(10.0, "epochs over the retain set", search=log_range(1.0, 10.0))
     decay: str = param("epoch", "epoch: gamma constant within an epoch (released code); step: linear per step",
                        choices=DECAYS)
 

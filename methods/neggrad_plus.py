@@ -35,7 +35,7 @@ class NegGradPlus(SGDBaseline):
     beta: float = param(0.95, "weight of the retain cross-entropy; 1 - beta weighs the forget ascent",
                         search=linear_range(0.8, 0.999))
     lr: float = param(0.01, "learning rate", search=log_range(1e-4, 0.1))
-    epochs: float = param(10.0, "epochs over the retain set", search=log_range(0.25, 10.0))
+    epochs: float = param(10.0, "epochs over the retain set", search=log_range(1.0, 10.0))
 
     def unlearn(self, request: UnlearnRequest) -> nn.Module:
         if not 0.0 <= self.beta <= 1.0:

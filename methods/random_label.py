@@ -33,7 +33,7 @@ from .base import UnlearnRequest, categorical, log_range, param, register
 class RandomLabel(SGDBaseline):
     lr: float = param(0.013, "learning rate (SalUn README: 0.013)", search=log_range(1e-3, 0.3))
     epochs: float = param(10.0, "epochs (one epoch = one pass over forget and retain)",
-                          search=log_range(0.25, 10.0))
+                          search=log_range(1.0, 10.0))
     order: str = param("mixed", "mixed: forget+retain shuffled together; forget_first: forget pass then retain pass",
                        choices=RL_ORDERS)
     exclude_true_label: bool = param(False, "draw random labels among the other classes only (public code: any)",

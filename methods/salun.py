@@ -96,7 +96,7 @@ def saliency_mask(model: nn.Module, forget: TensorData, *, fraction: float = 0.5
 class SalUn(SGDBaseline):
     lr: float = param(0.013, "learning rate of the random-label stage (SalUn README: 0.013)",
                       search=log_range(1e-3, 0.3))
-    epochs: float = param(10.0, "epochs of the random-label stage", search=log_range(0.25, 10.0))
+    epochs: float = param(10.0, "epochs of the random-label stage", search=log_range(1.0, 10.0))
     mask_fraction: float = param(0.5, "fraction of all weights inside the saliency mask (paper: 50%)",
                                  search=linear_range(0.1, 0.9))
     mask_select: str = param("largest", "largest: the most salient weights (paper); smallest: the public "
