@@ -580,4 +580,5 @@ def storage(model: PatchedModel) -> dict[str, float]:
     pattern_bytes = sum(p.patterns.numel() * p.patterns.element_size() for p in head.patches)
     ab_bytes = sum(p.patterns.shape[0] * p.patterns.shape[1] * (d + 1) * p.patterns.element_size()
                    for p in head.patches)
-    return {"patch_bytes": float(patch_bytes), "reassure_bytes": float(patch_bytes - pattern_bytes + ab_bytes)}
+    return {"patch_bytes": float(patch_bytes), "reassure_bytes": float(patch_bytes - pattern_bytes + ab_bytes),
+            "original_bytes": float(state_bytes(model.original))}
