@@ -20,19 +20,31 @@ Statistics (one-sided: only "more member-like than unseen" fails):
 - ``auc``: ROC AUC of the score ``log p_label`` (the model's log-probability of the scoring label),
   ``F`` (1) vs ``U`` (0); 0.5 = chance. For a random subset this is the negative loss of
   ``mia.loss_auc``; for a class, ``log p_c`` on training vs unseen images of c.
+- ``tail`` (``q = 0.2``): ``mean(U < t) - mean(F < t)`` with ``t`` the lower ``q``-quantile of ``U``'s scores:
+  how much rarer low scores are in the forget sample (a memorised set has almost none: 0.20, the maximum, on
+  every mnist-sub1k cell of the original, against -0.10 to 0.07 for retrain). The AUC averages over the whole
+  score range, where members and non-members are both confident; the tail is where they differ.
 - ``gap``: ``rate(F) - rate(U)``, the fraction predicted as the scoring label (accuracy for random/points/
   class requests; for backdoor requests the fraction predicted as the target).
 - ``class`` requests only, a second condition: the forgotten class's accuracy on ``F`` and on ``U`` is at
   most chance, ``1 / C`` (a model retrained without the class predicts it for almost none of its images:
   0.000 on every seeds-suite cell; the original, for almost all).
+- ``backdoor`` requests decide on ``gap`` alone, ``rate(F) - rate(U)`` with the target as scoring label
+  (how much more often triggered images are predicted as the target than unseen images are): the method
+  cannot stamp the trigger on unseen images, and the trigger itself shifts the scores of a model that never
+  learned it (a retrained model's AUC reached 0.60 and its tail deficit 0.17 on digits Blended), so the two
+  score statistics are reported but do not decide. Retrain: 0.00 vs 0.07; the original: 1.00 vs 0.07.
 
 Tolerances are calibrated from the data at every test, not fixed: ``U`` is split at random into two
 disjoint parts ``A`` (``a = min(|F|, |U| // 2)`` examples) and ``B`` (the rest) ``CALIBRATION_SPLITS``
-times (a seeded, fixed set of splits); the spread (standard deviation) of ``auc(A vs B)`` and
-``rate(A) - rate(B)`` is what the statistic varies by between two unseen samples, scaled to the probe's
+times (a seeded, fixed set of splits); the spread (standard deviation) of each statistic computed on
+``A`` vs ``B`` is what it varies by between two unseen samples, scaled to the probe's
 sizes by ``sqrt((1/|F| + 1/|U|) / (1/a + 1/b))`` (both statistics' variances go as ``1/n1 + 1/n2``), and
-the tolerance is ``z`` times it (``z = 1.96``: a model whose forget set is unseen data fails one statistic
-with probability about 2.5%). The rule **passes** when ``auc <= 0.5 + tol_auc``, ``gap <= tol_gap`` and
+the tolerance is ``z`` times it (``z = 3``: a model whose forget set is unseen data fails one statistic with
+probability about 0.13%, two about 0.3%; the methods test after every epoch, and a rule a retrained model
+fails would keep them from stopping where retrain stands -- with ``z = 1.96`` retrain failed on 1 of the 21
+CPU cells of the seeds suite, digits class seed 2: AUC 0.664 against 25 held-out images, 2.6 sd). The rule
+**passes** when ``auc <= 0.5 + tol_auc`` and ``tail <= tol_tail`` (backdoor requests: ``gap <= tol_gap``) and
 (class requests) both class accuracies are at most ``1 / C``. With fewer than two unseen examples nothing
 can be tested and the rule passes (reported as ``tol = inf``).
 
@@ -163,15 +175,15 @@ def tail_deficit(member: np.ndarray, nonmember: np.ndarray, q: float) -> float:
 
 
 def null_spread(scores: np.ndarray, n_forget: int, q: float, generator: np.random.Generator,
-                splits: int = CALIBRATION_SPLITS) -> tuple[float, float]:
-    """Standard deviations of ``auc`` and ``tail`` between two disjoint unseen samples, scaled to a probe of
-    ``n_forget`` forget and ``len(scores)`` unseen examples (see the module docstring); ``inf`` when fewer
-    than two unseen examples leave nothing to split."""
+                splits: int = CALIBRATION_SPLITS, hits: np.ndarray | None = None) -> tuple[float, float, float]:
+    """Standard deviations of ``auc``, ``tail`` and (with ``hits``, 0/1 per unseen example) ``gap`` between two
+    disjoint unseen samples, scaled to a probe of ``n_forget`` forget and ``len(scores)`` unseen examples (see
+    the module docstring); ``inf`` when fewer than two unseen examples leave nothing to split."""
     n_u = scores.size
     a = min(int(n_forget), n_u // 2)
     b = n_u - a
     if a < 1 or b < 1 or n_forget < 1:
-        return math.inf, math.inf
+        return math.inf, math.inf, math.inf
     ranks = rankdata(scores)
     perm = np.argsort(generator.random((splits, n_u)), axis=1)
     in_a, in_b = perm[:, :a], perm[:, a:]
@@ -180,7 +192,11 @@ def null_spread(scores: np.ndarray, n_forget: int, q: float, generator: np.rando
     t = rb[:, min(b - 1, int(math.floor(q * b)))][:, None]
     tails = (rb < t).mean(1) - (ranks[in_a] < t).mean(1)
     scale = math.sqrt((1.0 / n_forget + 1.0 / n_u) / (1.0 / a + 1.0 / b))
-    return float(aucs.std() * scale), float(tails.std() * scale)
+    sd_gap = math.nan
+    if hits is not None:
+        hit_a = hits[in_a].sum(1)
+        sd_gap = float((hit_a / a - (hits.sum() - hit_a) / b).std() * scale)
+    return float(aucs.std() * scale), float(tails.std() * scale), sd_gap
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,12 @@ class RuleResult:
     unseen_rate: float  # fraction of U predicted as its scoring label
     class_limit: float | None  # class requests: the chance level 1/C both rates must not exceed; else None
     heldout_acc: float  # accuracy on held-out data with true labels (U, or the utility sample for class requests)
+    tol_gap: float = math.inf  # tolerance of gap = forget_rate - unseen_rate
+    statistics: tuple[str, ...] = ("auc", "tail")  # which statistics decide (backdoor requests: ("gap",))
+
+    @property
+    def gap(self) -> float:
+        return self.forget_rate - self.unseen_rate
 
     @property
     def auc_ok(self) -> bool:
@@ -205,6 +227,10 @@ class RuleResult:
         return not self.tail > self.tol_tail
 
     @property
+    def gap_ok(self) -> bool:
+        return not self.gap > self.tol_gap
+
+    @property
     def class_ok(self) -> bool:
         lim = self.class_limit
         return lim is None or (self.forget_rate <= lim and (math.isnan(self.unseen_rate) or self.unseen_rate <= lim))
@@ -212,12 +238,13 @@ class RuleResult:
     @property
     def passed(self) -> bool:
         """The forget set looks unseen: stop."""
-        return self.auc_ok and self.tail_ok and self.class_ok
+        return all(getattr(self, f"{s}_ok") for s in self.statistics) and self.class_ok
 
     def info(self, prefix: str = "rule_") -> dict[str, float]:
         return {f"{prefix}pass": float(self.passed), f"{prefix}auc": self.auc, f"{prefix}tol_auc": self.tol_auc,
                 f"{prefix}tail": self.tail, f"{prefix}tol_tail": self.tol_tail, f"{prefix}forget_rate": self.forget_rate,
-                f"{prefix}unseen_rate": self.unseen_rate, f"{prefix}heldout_acc": self.heldout_acc}
+                f"{prefix}unseen_rate": self.unseen_rate, f"{prefix}gap": self.gap, f"{prefix}tol_gap": self.tol_gap,
+                f"{prefix}heldout_acc": self.heldout_acc}
 
 
 # ------------------------------------------------------------------------------------------- the probe
@@ -257,6 +284,7 @@ class Probe:
     unseen_labels: torch.Tensor
     utility: TensorData | None  # class requests: other-class held-out sample (true labels); else None (use U)
     class_limit: float | None
+    statistics: tuple[str, ...] = ("auc", "tail")
     z: float = DEFAULT_Z
     q: float = DEFAULT_Q
     batch_size: int = 1024
@@ -293,7 +321,8 @@ class Probe:
             unseen = held.subset(_sample(len(held), max_unseen, gen, held.device))
             pick = torch.randint(len(forget), (len(unseen),), device=forget.device, generator=gen)
             labels = forget.y[pick] if len(forget) else unseen.y
-        return cls(forget, unseen, labels, utility, limit, z, q, request.recipe.eval_batch_size,
+        stats = ("gap",) if request.kind == "backdoor" else ("auc", "tail")
+        return cls(forget, unseen, labels, utility, limit, stats, z, q, request.recipe.eval_batch_size,
                    seed=int(request.seed) * 7919 + offset)
 
     @property
@@ -313,7 +342,8 @@ class Probe:
         s_u = label_log_probs(lu, self.unseen_labels).cpu().numpy() if len(self.unseen) else np.zeros(0)
         h_f = (lf.argmax(1) == self.forget.y).double().cpu().numpy() if len(self.forget) else np.zeros(0)
         h_u = (lu.argmax(1) == self.unseen_labels).double().cpu().numpy() if len(self.unseen) else np.zeros(0)
-        sd_auc, sd_tail = null_spread(s_u, len(self.forget), self.q, np.random.default_rng(self.seed))
+        sd_auc, sd_tail, sd_gap = null_spread(s_u, len(self.forget), self.q, np.random.default_rng(self.seed),
+                                              hits=h_u)
         if lx is not None:
             acc = float((lx.argmax(1) == self.utility.y).double().mean())
         elif self.utility is None and len(self.unseen):
@@ -324,7 +354,7 @@ class Probe:
         res = RuleResult(
             auc=auc_of(s_f, s_u), tol_auc=self.z * sd_auc, tail=tail_deficit(s_f, s_u, self.q), tol_tail=self.z * sd_tail,
             forget_rate=float(h_f.mean()) if h_f.size else nan, unseen_rate=float(h_u.mean()) if h_u.size else nan,
-            class_limit=self.class_limit, heldout_acc=acc)
+            class_limit=self.class_limit, heldout_acc=acc, tol_gap=self.z * sd_gap, statistics=self.statistics)
         self.passes += work.passes
         self.seconds += time.perf_counter() - t0
         self.tests += 1

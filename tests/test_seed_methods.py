@@ -125,6 +125,22 @@ def test_stop_rule_retrain_passes_original_fails_on_digits_cells(tmp_path):
     assert sum("differ=True" in line for line in lines) >= 3  # the class cells at least
 
 
+def test_stop_rule_retrain_passes_original_fails_on_digits_backdoor_cells(tmp_path):
+    """The backdoor suite's digits cells (BadNets and Blended, 3 seeds): retrain passes, the original (which
+    predicts the target on every triggered training image) fails."""
+    cells = load_suite("backdoor").cells(methods=["retrain"], datasets=["digits"])
+    ctx = RunContext(results_dir=tmp_path, device=torch.device("cpu"))
+    for cell in cells:
+        cd = prepare_cell(cell, ctx)
+        original, _ = original_model(cd, ctx)
+        reference, _ = reference_model(cd, ctx, original)
+        req = cd.request(copy.deepcopy(original), heldout=True)
+        on_o, on_r = stop_rule(original, req), stop_rule(reference, req)
+        assert on_r.passed and not on_o.passed, (cell.label, on_o, on_r)
+        assert on_o.statistics == ("gap",) and on_o.forget_rate > 0.9 and on_r.forget_rate < 0.1
+    assert len(cells) == 6
+
+
 @pytest.mark.data
 @pytest.mark.slow
 def test_stop_rule_retrain_passes_original_fails_on_mnist_sub1k_cells(tmp_path, data_root):
@@ -161,13 +177,15 @@ def test_auc_and_tail_deficit():
 def test_null_spread_matches_theory_and_scales_with_size():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=400)
-    sd_auc, sd_tail = null_spread(scores, 100, 0.2, np.random.default_rng(1))
+    hits = (rng.random(400) < 0.9).astype(float)
+    sd_auc, sd_tail, sd_gap = null_spread(scores, 100, 0.2, np.random.default_rng(1), hits=hits)
     theory = math.sqrt((100 + 400 + 1) / (12.0 * 100 * 400))  # Mann-Whitney null sd
     assert sd_auc == pytest.approx(theory, rel=0.2)
     assert sd_tail == pytest.approx(math.sqrt(0.2 * 0.8 * (1 / 100 + 1 / 400)), rel=0.3)
-    small, _ = null_spread(scores, 10, 0.2, np.random.default_rng(1))
+    assert sd_gap == pytest.approx(math.sqrt(0.09 * (1 / 100 + 1 / 400)), rel=0.3)  # two proportions
+    small = null_spread(scores, 10, 0.2, np.random.default_rng(1))[0]
     assert small > 2 * sd_auc  # a smaller forget set is noisier, so its tolerance is wider
-    assert null_spread(scores[:1], 10, 0.2, np.random.default_rng(1)) == (math.inf, math.inf)
+    assert null_spread(scores[:1], 10, 0.2, np.random.default_rng(1)) == (math.inf, math.inf, math.inf)
 
 
 def test_rule_result_conditions():
@@ -181,8 +199,13 @@ def test_rule_result_conditions():
     assert RuleResult(**{**base, "class_limit": 0.1, "forget_rate": 0.0, "unseen_rate": 0.05}).passed
     assert not RuleResult(**{**base, "class_limit": 0.1, "forget_rate": 0.0, "unseen_rate": 0.4}).passed
     assert RuleResult(**{**base, "auc": float("nan"), "tail": float("nan")}).passed  # nothing to compare
+    # backdoor requests decide on the target-rate gap alone
+    bd = {**base, "auc": 0.9, "tail": 0.2, "forget_rate": 0.08, "unseen_rate": 0.07, "tol_gap": 0.05,
+          "statistics": ("gap",)}
+    assert RuleResult(**bd).passed and not RuleResult(**{**bd, "forget_rate": 0.5}).passed
     info = RuleResult(**base).info("rule_")
-    assert info["rule_pass"] == 1.0 and set(info) >= {"rule_auc", "rule_tol_auc", "rule_tail", "rule_tol_tail"}
+    assert info["rule_pass"] == 1.0 and set(info) >= {"rule_auc", "rule_tol_auc", "rule_tail", "rule_tol_tail",
+                                                      "rule_gap", "rule_tol_gap"}
 
 
 def test_class_request_gets_held_out_images_of_the_forgotten_class(memo_class):
@@ -218,6 +241,7 @@ def test_probe_data_per_request_kind(memo_random):
     other = dataclasses_replace(req, kind="backdoor")
     p2 = Probe.for_request(other, max_forget=30, max_unseen=60)
     assert len(p2.unseen) == 60 and bool(torch.isin(p2.unseen_labels, p2.forget.y).all())
+    assert p2.statistics == ("gap",) and probe.statistics == ("auc", "tail")
 
 
 def dataclasses_replace(obj, **kw):
