@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from unlearnbench.datasets import TensorData
 
-from .base import Method, MethodError, UnlearnRequest, categorical, param
+from .base import Bounds, Method, MethodError, UnlearnRequest, categorical, param
 from .cost import add_passes
 from .training import Budget, LossFn, Recipe, device_generator, fit, forward, make_optimizer
 
@@ -38,9 +38,10 @@ class SGDBaseline(Method):
     """Optimiser fields shared by the fine-tuning baselines (public CIFAR-10 ResNet-18 code defaults)."""
 
     batch_size: int = param(256, "mini-batch size (public CIFAR-10 code: 256)",
-                             search=categorical(16, 32, 64, 128, 256))
-    momentum: float = param(0.9, "SGD momentum, plain (not Nesterov) as in the public code")
-    weight_decay: float = param(5e-4, "SGD weight decay (public code: 5e-4)")
+                             search=categorical(16, 32, 64, 128, 256), bounds=Bounds(1))
+    momentum: float = param(0.9, "SGD momentum, plain (not Nesterov) as in the public code",
+                            bounds=Bounds(0, 1, high_open=True))
+    weight_decay: float = param(5e-4, "SGD weight decay (public code: 5e-4)", bounds=Bounds(0))
 
     def sgd_recipe(self, request: UnlearnRequest, *, lr: float, epochs: float, batch_size: int | None = None
                    ) -> Recipe:

@@ -109,13 +109,42 @@ def categorical(*values: Any) -> Search:
     return Search("categorical", values=tuple(values))
 
 
-def param(default: Any, doc: str, *, choices: tuple | None = None, search: Search | None = None) -> Any:
-    """A hyperparameter field: its default, one line of doc, optionally the allowed values (``choices``)
-    and where ``unlearnbench tune`` may search it (``search``)."""
+@dataclass(frozen=True)
+class Bounds:
+    """The valid values of a numeric hyperparameter: ``low`` / ``high`` (None: unbounded), each inclusive
+    unless ``low_open`` / ``high_open``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, v: float) -> bool:
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return not (self.high is not None and (v >= self.high if self.high_open else v > self.high))
+
+    def describe(self) -> str:
+        lo = "(-inf" if self.low is None else ("(" if self.low_open else "[") + f"{self.low:g}"
+        hi = "inf)" if self.high is None else f"{self.high:g}" + (")" if self.high_open else "]")
+        return f"{lo}, {hi}"
+
+
+POSITIVE = Bounds(0, None, low_open=True)
+
+
+def param(default: Any, doc: str, *, choices: tuple | None = None, search: Search | None = None,
+          bounds: Bounds | None = None) -> Any:
+    """A hyperparameter field: its default, one line of doc, optionally the allowed values (``choices``),
+    the valid range of a number (``bounds``) and where ``unlearnbench tune`` may search it (``search``).
+    A number with a log-scale search range and no bounds must be > 0 (a log scale declares a positive
+    quantity: learning rates, epochs, penalty weights)."""
     if search is not None and not isinstance(search, Search):
         raise MethodError(f"param search must be a Search (log_range, linear_range, int_range, categorical), "
                           f"got {search!r}")
-    return field(default=default, metadata={"doc": doc, "choices": choices, "search": search})
+    if bounds is None and search is not None and search.log:
+        bounds = POSITIVE
+    return field(default=default, metadata={"doc": doc, "choices": choices, "search": search, "bounds": bounds})
 
 
 def search_space(cls: type["Method"]) -> dict[str, Search]:
@@ -225,6 +254,10 @@ def register(name: str, *, tags: tuple[str, ...] | frozenset[str] = (), summary:
                 raise MethodError(f"method {name!r}: field {f.name!r} needs one line of doc (use param(default, doc))")
             if f.default is dataclasses.MISSING:
                 raise MethodError(f"method {name!r}: field {f.name!r} needs a default")
+            bounds = f.metadata.get("bounds")
+            if bounds is not None and not bounds.contains(f.default):
+                raise MethodError(f"method {name!r}: the default of {f.name!r} ({f.default!r}) lies outside its "
+                                  f"bounds {bounds.describe()}")
             search = f.metadata.get("search")
             if search is not None and not search.contains(f.default):
                 raise MethodError(f"method {name!r}: the default of {f.name!r} ({f.default!r}) lies outside its "
@@ -296,6 +329,10 @@ def _check_value(method: str, f: dataclasses.Field, hint: Any, value: Any) -> An
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise MethodError(f"method {method!r}: {f.name} must be one of {list(choices)}, got {value!r}")
+    bounds = f.metadata.get("bounds")
+    if bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or not bounds.contains(value):  # NaN fails every bound
+            raise MethodError(f"method {method!r}: {f.name} must lie in {bounds.describe()}, got {value!r}")
     return value
 
 
