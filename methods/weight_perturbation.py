@@ -100,11 +100,9 @@ class WeightPerturbation(Method):
                             search=log_range(0.1, 3.0))
     z: float = param(3.0, "stop rule: tolerance of each statistic in standard deviations of its spread between "
                      "two unseen samples", search=linear_range(1.5, 4.0))
-    probe_forget: int = param(128, "stop rule: forget images per test (a seeded sample, fixed for the run)",
-                              search=int_range(32, 1024, log=True))
-    probe_unseen: int = param(256, "stop rule: unseen (held-out) images per test", search=int_range(64, 2048, log=True))
-    probe_utility: int = param(128, "stop rule, class requests: other-class held-out images for held-out accuracy",
-                               search=int_range(0, 1024))
+    probe_forget: int = param(128, "stop rule: forget images per test (a seeded sample, fixed for the run)")
+    probe_unseen: int = param(256, "stop rule: unseen (held-out) images per test")
+    probe_utility: int = param(128, "stop rule, class requests: other-class held-out images for held-out accuracy")
     max_backoffs: int = param(4, "a descent chunk that leaves non-finite weights or a collapsed model (retain "
                               "accuracy <= 1.5 / classes on its last steps) is undone and retried at half the lr, "
                               "at most this many times in all")

@@ -125,3 +125,19 @@ def test_claims_command_on_an_export_file(tmp_path, capsys):
     dest = tmp_path / "claims.md"
     assert main(["claims", "--records", str(path), "--out", str(dest)]) == 0
     assert dest.read_text() == out
+
+
+def test_claims_command_reads_several_export_files(tmp_path, capsys):
+    seeds = tmp_path / "seeds.json"
+    seeds.write_text(json.dumps({"format": "unlearnbench-records/1", "suite": "seeds", "rows": _rows()}))
+    bd_rows = []
+    for seed in (0, 1):
+        for method, asr in (("retrain", 0.0), ("distribution_ft", 0.02)):
+            r = _row(method, "badnets", "backdoor", seed, **{"backdoor.asr": asr, "backdoor.asr_original": 1.0})
+            bd_rows.append({**r, "suite": "backdoor", "run_id": r["run_id"] + "-bd", "cell_key": r["cell_key"] + "-bd"})
+    backdoor = tmp_path / "backdoor.json"
+    backdoor.write_text(json.dumps({"format": "unlearnbench-records/1", "suite": "backdoor", "rows": bd_rows}))
+    assert main(["claims", "--records", str(seeds), str(backdoor)]) == 0
+    out = capsys.readouterr().out
+    assert "suite seeds + backdoor" in out
+    assert "| unlearns backdoor triggers | **holds (1 of 1 cells)** |" in out

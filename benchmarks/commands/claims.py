@@ -1,6 +1,6 @@
 """``unlearnbench claims``: the seed papers' claims checked against stored results (``reports/claims.py``).
 
-Reads a results folder (``--results``, ``--suite``) or an ``unlearnbench export`` file (``--records``), like
+Reads a results folder (``--results``, ``--suite``) or ``unlearnbench export`` files (``--records``), like
 ``unlearnbench leaderboard``, and prints (or writes) every claim of PRUNE, prediction-distribution
 fine-tuning and weight perturbation with the cells it was checked on, the numbers against retrain, a verdict
 and the rule used for it.
@@ -24,8 +24,9 @@ def add_parser(sub) -> None:
                     "than retraining, removes the forget data's contribution): the cells it was checked on, the "
                     "numbers against retrain, 'holds' / 'does not hold' / 'not measured here', and the rule used.")
     add_common(p)
-    p.add_argument("--records", default=None,
-                   help="read the records from an `unlearnbench export` JSON file instead of --results")
+    p.add_argument("--records", nargs="+", default=None, metavar="FILE",
+                   help="read the records from one or more `unlearnbench export` JSON files instead of --results "
+                        "(e.g. the seeds suite's and the backdoor suite's: every claim is checked on all of them)")
     p.add_argument("--out", default=None, help="write Markdown to this file (default: standard output)")
     p.set_defaults(func=run)
 
@@ -37,8 +38,14 @@ def run(args: argparse.Namespace) -> int:
     if args.records:
         from .export import load_rows
 
-        name, rows = load_rows(args.records)
-        source = f"Records: `{Path(args.records).name}` (suite {name}, {len(rows)} records)."
+        rows, names, parts = [], [], []
+        for path in args.records:
+            suite, these = load_rows(path)
+            rows += these
+            names.append(suite)
+            parts.append(f"`{Path(path).name}` (suite {suite}, {len(these)} records)")
+        name = " + ".join(dict.fromkeys(names))
+        source = "Records: " + "; ".join(parts) + "."
     else:
         (sel,) = select(args)
         name, rows = sel.name, [r.row() for r in sel.records]
