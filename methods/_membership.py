@@ -210,7 +210,9 @@ class RuleResult:
     forget_rate: float  # fraction of F predicted as its label
     unseen_rate: float  # fraction of U predicted as its scoring label
     class_limit: float | None  # class requests: the chance level 1/C both rates must not exceed; else None
-    heldout_acc: float  # accuracy on held-out data with true labels (U, or the utility sample for class requests)
+    # accuracy with true labels on the utility sample (class requests, when asked for) or else on U (for a class
+    # request without a utility sample: the forgotten class's held-out images)
+    heldout_acc: float
     tol_gap: float = math.inf  # tolerance of gap = forget_rate - unseen_rate
     statistics: tuple[str, ...] = ("auc", "tail")  # which statistics decide (backdoor requests: ("gap",))
 

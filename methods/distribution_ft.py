@@ -88,7 +88,7 @@ import torch.nn.functional as F
 from unlearnbench.datasets import TensorData
 
 from ._membership import Probe, auc_of, match_labels, match_third_party, quantile_partners
-from .base import Method, MethodError, UnlearnRequest, linear_range, log_range, param, register
+from .base import POSITIVE, Bounds, Method, MethodError, UnlearnRequest, linear_range, log_range, param, register
 from .cost import count_work
 from .training import cycle, fit, forward, predict
 
@@ -117,9 +117,10 @@ class DistributionFT(Method):
                           choices=("onecycle", "constant", "cosine", "linear"))
     retain_weight: float = param(1.0, "lambda: weight of the retain-set cross-entropy", search=log_range(0.1, 10.0))
     z: float = param(3.0, "stop rule: tolerance of each statistic in standard deviations of its spread between "
-                     "two unseen samples", search=linear_range(1.5, 4.0))
-    probe_forget: int = param(128, "stop rule: forget images per test (a seeded sample, fixed for the run)")
-    probe_unseen: int = param(256, "stop rule: unseen (held-out) images per test")
+                     "two unseen samples", search=linear_range(1.5, 4.0), bounds=POSITIVE)
+    probe_forget: int = param(128, "stop rule: forget images per test (a seeded sample, fixed for the run)",
+                              bounds=Bounds(1))
+    probe_unseen: int = param(256, "stop rule: unseen (held-out) images per test", bounds=Bounds(2))
     disc_input: str = param("label_sorted", "adversarial: discriminator input, label_sorted ([p_label, sorted "
                             "softmax]) or sorted (sorted softmax)", choices=("label_sorted", "sorted"))
     disc_hidden: int = param(64, "adversarial: hidden ReLU units of the discriminator")

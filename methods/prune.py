@@ -133,7 +133,7 @@ from unlearnbench.datasets import TensorData
 from . import _prune_lp as lp
 from ._prune_model import (SPACES, Patch, PatchedModel, hidden_sizes, input_box, linearise, pattern_of,
                            patched_layers, pre_activations, region_constraints, space_features)
-from .base import Method, MethodError, UnlearnRequest, categorical, int_range, log_range, param, register
+from .base import Bounds, Method, MethodError, UnlearnRequest, categorical, int_range, log_range, param, register
 from .cost import add_passes, add_work
 from .models import ModelError, state_bytes
 from .training import _batched_eval, eval_mode, predict, predict_features
@@ -319,7 +319,7 @@ class Prune(Method):
     certify_members: bool = param(True, "cluster patch covers every member's region (C-1 LPs per member; code: "
                                   "False)")
     member_lp_limit: int = param(20000, "certify_members: at most this many covering LPs per call, then "
-                                 "representatives only")
+                                 "representatives only", bounds=Bounds(0))
     lp_workers: int = param(0, "processes for LP work: 0 = one per CPU core, 1 = in-process")
     certify_max_points: int = param(0, "report(): certify a seeded random subset of this many forget points (0 = all)")
 

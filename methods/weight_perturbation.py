@@ -77,7 +77,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._membership import Probe
-from .base import Method, MethodError, UnlearnRequest, int_range, linear_range, log_range, param, register
+from .base import POSITIVE, Bounds, Method, MethodError, UnlearnRequest, int_range, linear_range, log_range, param, register
 from .cost import count_work
 from .training import accuracy, fit, forward, make_optimizer
 
@@ -92,19 +92,21 @@ REPORT_TEST_SAMPLE = 2000  # report(): test images (a seeded sample) for the per
                   "looks unseen, within 1/20 of retraining's passes (Chen et al. 2021)")
 @dataclass(frozen=True)
 class WeightPerturbation(Method):
-    rel_sigma: float = param(0.1, "noise scale: noise std of a parameter tensor / that tensor's std",
-                             search=log_range(0.01, 1.0))
-    budget_frac: float = param(0.05, "step limit of the descent: this fraction of the recipe's epochs (retain set)",
-                               search=log_range(0.01, 0.2))
+    rel_sigma: float = param(0.1, "noise scale: noise std of a parameter tensor / that tensor's std (0: no noise)",
+                             search=log_range(0.01, 1.0), bounds=Bounds(0.0))
+    budget_frac: float = param(0.05, "step limit of the descent: this fraction of the recipe's epochs (retain set; "
+                               "0: the perturbation alone)", search=log_range(0.01, 0.2), bounds=Bounds(0.0))
     checks: int = param(2, "chunks of the descent; the stop rule runs after each but the last",
-                        search=int_range(1, 8))
+                        search=int_range(1, 8), bounds=Bounds(1))
     lr_scale: float = param(1.0, "initial learning rate as a multiple of the recipe's peak lr (linear decay to 0)",
                             search=log_range(0.1, 3.0))
     z: float = param(3.0, "stop rule: tolerance of each statistic in standard deviations of its spread between "
-                     "two unseen samples", search=linear_range(1.5, 4.0))
-    probe_forget: int = param(128, "stop rule: forget images per test (a seeded sample, fixed for the run)")
-    probe_unseen: int = param(256, "stop rule: unseen (held-out) images per test")
-    probe_utility: int = param(128, "stop rule, class requests: other-class held-out images for held-out accuracy")
+                     "two unseen samples", search=linear_range(1.5, 4.0), bounds=POSITIVE)
+    probe_forget: int = param(128, "stop rule: forget images per test (a seeded sample, fixed for the run)",
+                              bounds=Bounds(1))
+    probe_unseen: int = param(256, "stop rule: unseen (held-out) images per test", bounds=Bounds(2))
+    probe_utility: int = param(128, "stop rule, class requests: other-class held-out images for held-out accuracy",
+                               bounds=Bounds(0))
     max_backoffs: int = param(4, "a descent chunk that leaves non-finite weights or a collapsed model (retain "
                               "accuracy <= 1.5 / classes on its last steps) is undone and retried at half the lr, "
                               "at most this many times in all")
