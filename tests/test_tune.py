@@ -272,7 +272,8 @@ def test_a_sigkilled_study_resumes_and_keeps_every_finished_trial(tmp_path):
     assert sum(1 for s, _, _ in after.values() if s in ("COMPLETE", "PRUNED")) == 12
     for n, t in running.items():  # the trial the kill interrupted is failed and re-run with its values
         assert after[n][0] == "FAIL"
-        assert any(s in ("COMPLETE", "PRUNED") and p == t[2] for m, (s, _, p) in after.items() if m > n)
+        if len(json.loads(t[2])) == 3:  # (a kill before the sampler chose all its values leaves nothing to re-run)
+            assert any(s in ("COMPLETE", "PRUNED") and p == t[2] for m, (s, _, p) in after.items() if m > n)
     overlay = read_overlay_file(results / "tuned-tunetest.toml")
     (entry,) = overlay["tuned"]
     assert entry["study"]["trials"] == 12 and entry["method"] == "finetune"
