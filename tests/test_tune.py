@@ -251,10 +251,12 @@ def test_a_sigkilled_study_resumes_and_keeps_every_finished_trial(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if db.exists():
             try:
-                done = sum(1 for s, _, _ in _trials(db).values() if s in ("COMPLETE", "PRUNED"))
+                now = _trials(db)
             except sqlite3.OperationalError:
-                done = 0
-            if done >= 3:
+                now = {}
+            done = sum(1 for s, _, _ in now.values() if s in ("COMPLETE", "PRUNED"))
+            mid_trial = any(s == "RUNNING" and len(json.loads(p)) == 3 for s, _, p in now.values())
+            if done >= 3 and (mid_trial or done >= 8):  # kill inside a trial that has chosen its values
                 break
         time.sleep(0.02)
     assert proc.poll() is None, f"the study ended before it could be killed: {proc.stderr.read().decode()[-800:]}"
