@@ -374,3 +374,20 @@ def test_overlay_errors_name_the_problem(tmp_path):
         load_overlay(tmp_path / "junk.toml", suite)
     assert main(["run", "--suite", str(tmp_path / "s.toml"), "--results", str(tmp_path / "r"), "--tuned",
                  str(tmp_path / "missing.toml")]) == 2
+
+
+def test_second_trial_is_the_recipe_anchor():
+    """After the defaults, a new study tries the defaults with the lr and batch size of the recipe that trained
+    the original model (clipped into the ranges; the nearest categorical value)."""
+    from unlearnbench.benchmarks.tune import recipe_anchor
+    from unlearnbench.methods import Recipe
+
+    space = search_space(method_class("finetune"))
+    defaults = {k: create_method("finetune").hyperparameters()[k] for k in space}
+    anchor = recipe_anchor(defaults, space, Recipe(lr=0.05, batch_size=60))
+    assert anchor == {**defaults, "lr": 0.05, "batch_size": 64}
+    clipped = recipe_anchor(defaults, space, Recipe(lr=5.0, batch_size=1000))
+    assert clipped["lr"] == space["lr"].high and clipped["batch_size"] == 256
+    ssd_space = search_space(method_class("ssd"))  # no lr/batch_size searched: nothing to anchor
+    ssd_defaults = {k: create_method("ssd").hyperparameters()[k] for k in ssd_space}
+    assert recipe_anchor(ssd_defaults, ssd_space, Recipe()) == ssd_defaults
