@@ -43,11 +43,22 @@ class LockBusy(UserError):
     """Another process holds the results folder's lock."""
 
 
-def _holder(path: Path) -> str:
+def _read_info(path: Path) -> dict:
     try:
         info = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         info = {}
+    return info if isinstance(info, dict) else {}
+
+
+def _holder(path: Path, settle_s: float = 2.0) -> str:
+    # The holder writes its PID just after it takes the lock: a process that lost the race by a few
+    # milliseconds may read an empty file, so give the holder a moment before naming nobody.
+    info = _read_info(path)
+    deadline = time.monotonic() + settle_s
+    while not info.get("pid") and time.monotonic() < deadline:
+        time.sleep(0.02)
+        info = _read_info(path)
     if not info.get("pid"):
         return "another process"
     host = f" on {info['host']}" if info.get("host") and info["host"] != socket.gethostname() else ""
