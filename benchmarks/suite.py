@@ -192,9 +192,13 @@ class Suite:
             if name not in labels:
                 raise SuiteError(f"--requests: suite {self.name!r} has no request {name!r}.{_near(name, labels)} "
                                  f"It has: {', '.join(labels)}")
+        # A name selects the dataset labelled so; only a name that is no dataset's label selects every
+        # dataset of that name (``--datasets mnist`` is full MNIST, not also the ``mnist-sub1k`` subset).
+        displays = {d.spec.display for d in self.datasets}
+        wanted = set(datasets or ())
         out = []
         for d in self.datasets:
-            if datasets and d.spec.display not in datasets and d.spec.name not in datasets:
+            if datasets and d.spec.display not in wanted and not (d.spec.name in wanted and d.spec.name not in displays):
                 continue
             for seed in (seeds if seeds is not None else self.seeds):
                 for r in self.requests:

@@ -187,6 +187,19 @@ def test_sigkill_mid_suite_loses_nothing_and_redoes_nothing(tmp_path):
 
 # ------------------------------------------------------------------------------- suites and bad input
 
+def test_datasets_selects_by_label_before_name():
+    # baselines has full MNIST (label "mnist") and a 1,000-image subset (name "mnist", label "mnist-sub1k").
+    suite = load_suite("baselines")
+
+    def labels(names):
+        return sorted({c.dataset.spec.display for c in suite.cells(methods=["retrain"], seeds=[0], datasets=names)})
+
+    assert labels(["mnist"]) == ["mnist"]
+    assert labels(["mnist-sub1k"]) == ["mnist-sub1k"]
+    assert labels(["mnist", "mnist-sub1k"]) == ["mnist", "mnist-sub1k"]
+    assert labels(["digits"]) == ["digits"]
+
+
 def test_builtin_default_suite_parses_with_every_method():
     from unlearnbench.methods import method_names
 
