@@ -12,6 +12,16 @@ from rich.table import Table
 from unlearnbench.benchmarks.validate import csv_arg, device_arg, seed_text
 
 
+def add_data_and_device_args(p: argparse.ArgumentParser) -> None:
+    """Where a command that trains reads data, writes results and models, and computes (run, tune)."""
+    p.add_argument("--data-root", default=None,
+                   help="folder with dataset files (env UNLEARNBENCH_DATA_ROOT); e.g. ../shared/data")
+    p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
+    p.add_argument("--results", default="results", help="results folder (default: ./results)")
+    p.add_argument("--cache-dir", default=None, help="model cache (default: <results>/cache/models)")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a suite (default: the embedded digits suite)",
                        description="Run every pending cell of a suite; finished cells are skipped (--force redoes "
@@ -25,12 +35,7 @@ def add_parser(sub) -> None:
                    help="comma-separated subset of the suite's datasets")
     p.add_argument("--requests", type=csv_arg("--requests", what="request labels"), default=None,
                    help="comma-separated subset of the suite's requests, by label (e.g. random-10%%,class-3)")
-    p.add_argument("--data-root", default=None,
-                   help="folder with dataset files (env UNLEARNBENCH_DATA_ROOT); e.g. ../shared/data")
-    p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
-    p.add_argument("--results", default="results", help="results folder (default: ./results)")
-    p.add_argument("--cache-dir", default=None, help="model cache (default: <results>/cache/models)")
-    p.add_argument("--device", type=device_arg, default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_data_and_device_args(p)
     p.add_argument("--executor", default="inprocess", choices=("inprocess", "ray"), help="where cells run")
     p.add_argument("--address", default=None, help="Ray cluster address (with --executor ray)")
     p.add_argument("--force", action="store_true", help="re-run finished cells (results are appended)")

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from unlearnbench.benchmarks.validate import csv_arg, device_arg
+from unlearnbench.benchmarks.commands.run import add_data_and_device_args
+from unlearnbench.benchmarks.validate import csv_arg
 
 
 def add_parser(sub) -> None:
@@ -47,12 +48,7 @@ def add_parser(sub) -> None:
                    help="stop starting new trials of a study after this many seconds (its finished trials count)")
     p.add_argument("--out", default=None,
                    help="overlay file to write or update (default: <results>/tuned-<suite>.toml)")
-    p.add_argument("--data-root", default=None,
-                   help="folder with dataset files (env UNLEARNBENCH_DATA_ROOT); e.g. ../shared/data")
-    p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
-    p.add_argument("--results", default="results", help="results folder (default: ./results)")
-    p.add_argument("--cache-dir", default=None, help="model cache (default: <results>/cache/models)")
-    p.add_argument("--device", type=device_arg, default="auto", help="auto | cpu | cuda (default: auto)")
+    add_data_and_device_args(p)
     p.add_argument("--allow-cpu", action="store_true",
                    help="also tune datasets the suite marks requires = \"cuda\" when no GPU is used (slow)")
     p.add_argument("--quiet", action="store_true", help="one line per study, none per trial")
