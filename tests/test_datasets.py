@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -202,3 +203,24 @@ def test_image_folder_source(tmp_path):
     assert np.array_equal(s.test.x[0].numpy(), first)
     with pytest.raises(DatasetError, match="train/<class>"):
         build_splits(DatasetSpec("image-folder", options=(("path", "missing"),)), str(tmp_path))
+
+
+def test_decoded_cache_cleans_a_killed_writers_temporaries_only(tmp_path):
+    import subprocess
+    import sys
+
+    from unlearnbench.datasets.sources import _atomic_save_npy
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    left = tmp_path / f"abc.train_x.tmp{dead_pid}.npy"
+    live = tmp_path / f"abc.test_x.tmp{os.getppid()}.npy"  # a concurrent writer that is still alive
+    other = tmp_path / "notes.tmpx.npy"
+    for f in (left, live, other):
+        f.write_bytes(b"partial")
+    _atomic_save_npy(tmp_path / "abc.test_y.npy", np.arange(3))
+    assert not left.exists()
+    assert live.exists() and other.exists()
+    assert np.load(tmp_path / "abc.test_y.npy").tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["abc.test_y.npy", live.name, other.name])
