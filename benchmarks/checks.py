@@ -37,8 +37,9 @@ What each check verifies (and what it cannot):
   4 passes over the data it was given (forget + retain + held-out) and its forward passes within 8 --
   counted by ``methods/cost.py`` (``count_work``), so work that runs the network outside
   ``Classifier.forward`` without ``add_passes`` is not seen. Calibration: over every built-in method the
-  largest ratios measured on these cells are 3.1x forward (weight_perturbation, class) and 3.0x backward
-  (unsir, class) -- ``unlearnbench check-method --all --checks respects_budget`` prints them again after a
+  largest ratios measured on these cells are 3.0x forward and 3.0x backward (unsir; next: ssd 2.0x forward,
+  distribution_ft 2.2x forward and 1.9x backward; measured at commit ``085837e``) --
+  ``unlearnbench check-method --all --checks respects_budget`` prints them again after a
   method changes; ``tests/test_contract.py`` asserts the bounds hold for each. A method whose *unbudgeted*
   work already fits the bounds passes even if it ignores the budget: the check catches methods that run
   their full epoch count regardless, not every way of over-spending.
