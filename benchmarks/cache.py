@@ -13,13 +13,13 @@ import hashlib
 import io
 import json
 import os
-import re
-import socket
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+
+from unlearnbench.tempfiles import clean_dead_temporaries, temp_tag
 
 from .suite import stable_hash
 from .validate import one_line, warn
@@ -135,7 +135,7 @@ class ModelCache:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
         data = buf.getvalue()
         sidecar = {**info, "checkpoint": {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
-        tag = f".tmp.{socket.gethostname()}.{os.getpid()}"
+        tag = temp_tag()
         tmp_pt, tmp_meta = pt.with_name(pt.name + tag), meta.with_name(meta.name + tag)
         try:
             with open(tmp_pt, "wb") as fh:
@@ -151,20 +151,9 @@ class ModelCache:
     def clean_stale(self) -> list[Path]:
         """Remove temporaries of writers that are gone (killed mid-save): ``*.tmp.<host>.<pid>`` of this host
         whose process no longer runs, and older ``*.tmp<pid>`` ones. Another live process's are kept."""
-        if self.readonly or not self.root.is_dir():
+        if self.readonly:
             return []
-        host = socket.gethostname()
-        removed = []
-        for f in self.root.iterdir():
-            m = _TMP.search(f.name)
-            if not m or not f.is_file():
-                continue
-            if m.group("host") not in (None, host) or _alive(int(m.group("pid"))):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-                removed.append(f)
-        return removed
+        return clean_dead_temporaries(self.root)
 
     def get_or_build(self, key: str, make: Callable[[], nn.Module], build: Callable[[nn.Module], dict[str, Any]],
                      device: torch.device) -> tuple[nn.Module, dict[str, Any], bool]:
@@ -179,18 +168,3 @@ class ModelCache:
         info = build(model)
         self.save(key, model, info)
         return model, info, True
-
-
-_TMP = re.compile(r"\.tmp(?:\.(?P<host>.+)\.)?(?P<pid>\d+)(?:\.npz)?$")
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

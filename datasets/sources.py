@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unlearnbench.tempfiles import clean_dead_temporaries, temp_tag
+
 from .base import DatasetError, ImageSet, SourceData, cache_dir, register_source
 
 # --------------------------------------------------------------------------------------- digits
@@ -227,31 +229,9 @@ def _decode_folder(folder: Path, classes: list[str]) -> tuple[np.ndarray, list[i
     return _decode(lambda rel: (folder / rel).read_bytes(), paths, str(folder)), labels
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _clean_dead_temporaries(folder: Path) -> None:
-    """Remove ``*.tmp<pid>.npy`` left in the shared decoded-data cache by a process that was killed while
-    writing (the cache is shared by concurrent runs, so only a dead writer's temporaries are removed)."""
-    for f in folder.glob("*.tmp*.npy"):
-        pid = f.suffixes[-2][len(".tmp"):] if len(f.suffixes) >= 2 else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            try:
-                f.unlink()
-            except FileNotFoundError:
-                pass
-
-
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    _clean_dead_temporaries(path.parent)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    clean_dead_temporaries(path.parent)  # a killed writer's; the cache is shared by concurrent runs
+    tmp = path.with_name(path.stem + temp_tag() + path.suffix)
     np.save(tmp, arr)
     os.replace(tmp, path)
 

@@ -206,6 +206,7 @@ def test_image_folder_source(tmp_path):
 
 
 def test_decoded_cache_cleans_a_killed_writers_temporaries_only(tmp_path):
+    import socket
     import subprocess
     import sys
 
@@ -214,13 +215,17 @@ def test_decoded_cache_cleans_a_killed_writers_temporaries_only(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     dead_pid = int(dead.stdout)  # that process has exited
-    left = tmp_path / f"abc.train_x.tmp{dead_pid}.npy"
-    live = tmp_path / f"abc.test_x.tmp{os.getppid()}.npy"  # a concurrent writer that is still alive
+    host = socket.gethostname()
+    left = tmp_path / f"abc.train_x.tmp.{host}.{dead_pid}.npy"
+    legacy = tmp_path / f"abc.train_y.tmp{dead_pid}.npy"  # the name before the host was recorded
+    live = tmp_path / f"abc.test_x.tmp.{host}.{os.getppid()}.npy"  # a concurrent writer that is still alive
+    elsewhere = tmp_path / f"abc.test_x.tmp.another-host.{dead_pid}.npy"  # its PID means nothing here
     other = tmp_path / "notes.tmpx.npy"
-    for f in (left, live, other):
+    for f in (left, legacy, live, elsewhere, other):
         f.write_bytes(b"partial")
     _atomic_save_npy(tmp_path / "abc.test_y.npy", np.arange(3))
-    assert not left.exists()
-    assert live.exists() and other.exists()
+    assert not left.exists() and not legacy.exists()
+    assert live.exists() and elsewhere.exists() and other.exists()
     assert np.load(tmp_path / "abc.test_y.npy").tolist() == [0, 1, 2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["abc.test_y.npy", live.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["abc.test_y.npy", live.name, elsewhere.name,
+                                                                 other.name])
